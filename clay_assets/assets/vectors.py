@@ -1,0 +1,87 @@
+"""Rows in Postgres/pgvector: one per chip observation with its embedding and change scores.
+
+Loads the partition's chips (WGS84 bounds and centre, native CRS, cloud/nodata fractions,
+thumbnail and cube locations), class-token embeddings and change scores into ``clay.chips``.
+The partition's previous rows are replaced in one transaction, so re-running never
+duplicates and a failed load leaves the old rows. Query with ``clay.similar_chips``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from clay_assets.partitions import scene_partitions, split_key
+from clay_assets.resources import ClayHome, ClayModel, VectorDB
+from clay_core.db import redact
+from clay_core.embed_store import open_embeddings
+from clay_core.store import read_manifest
+
+
+def partition_rows(layout, tile: str, window: str, model_id: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows and row-aligned embeddings of one partition, as ``VectorStore.load_partition`` takes them."""
+    chips_dir = layout.partition("chips", tile, window)
+    emb_dir = layout.partition("embeddings", tile, window)
+    man = read_manifest(emb_dir)
+    if not man["chips"]:
+        return pd.DataFrame(), np.zeros((0, int(man["dim"])), np.float32)
+    index = pd.read_parquet(chips_dir / "index.parquet")
+    ds = open_embeddings(emb_dir / "embeddings.zarr")
+    emb = ds["embedding"].values.astype(np.float32)
+    scores = pd.read_parquet(layout.partition("change", tile, window) / "scores.parquet")
+    ids = ds["chip_id"].values.astype(str)
+    if not (np.array_equal(ids, index["chip_id"].to_numpy(str)) and np.array_equal(ids, scores["chip_id"].to_numpy(str))):
+        raise RuntimeError(f"{tile} {window}: chip order differs between chips, embeddings and change scores; "
+                           "re-materialize this partition's chip_cubes and downstream assets")
+    acquired_at = pd.to_datetime(index["datetime"], utc=True)
+    rows = pd.DataFrame(
+        {
+            "chip_id": index["chip_id"].astype(str),
+            "tile": tile,
+            "acquired": acquired_at.dt.date,
+            "acquired_at": acquired_at,
+            "partition_key": f"{window}|{tile}",
+            "west": index["west"], "south": index["south"], "east": index["east"], "north": index["north"],
+            "lon": index["lon"], "lat": index["lat"],
+            "crs": index["crs"].astype(str),
+            "cloud_fraction": index["cloud_fraction"].astype(float),
+            "nodata_fraction": index["nodata_fraction"].astype(float),
+            "thumbnail_uri": index["thumbnail"].astype(str),
+            "cube_uri": index["cube_uri"].astype(str),
+            "model_id": model_id,
+            "cosine_to_baseline": scores["cosine_to_baseline"].astype(float),
+            "harmonic_deviation": scores["harmonic_deviation"].astype(float),
+            "change_score": scores["change_score"].astype(float),
+            "change_flag": scores["change_flag"].astype(bool),
+        }
+    )
+    return rows, emb
+
+
+@asset(partitions_def=scene_partitions, code_version="1", group_name="serving",
+       deps=["chip_cubes", "embeddings", "change_scores"], description=__doc__)
+def vectors(context: AssetExecutionContext, home: ClayHome, model: ClayModel, vectordb: VectorDB) -> MaterializeResult:
+    tile, window = split_key(context.partition_key)
+    man = read_manifest(home.layout.partition("embeddings", tile, window))
+    rows, emb = partition_rows(home.layout, tile, window, man["model_id"])
+    url = vectordb.url()
+    store = vectordb.store(int(man["dim"]))
+    try:
+        stats = store.load_partition(f"{window}|{tile}", rows, emb)
+        total = store.count(partition_key=f"{window}|{tile}")
+    finally:
+        store.close()
+    context.log.info(f"{tile} {window}: loaded {stats.rows} rows at {stats.rows_per_s:.0f} rows/s")
+    return MaterializeResult(
+        metadata={
+            "rows": stats.rows,
+            "dagster/row_count": total,
+            "rows_per_s": round(stats.rows_per_s, 1),
+            "database": redact(url),
+            "table": "clay.chips",
+            "query": MetadataValue.md(
+                f"```sql\nSELECT * FROM clay.similar_chips('{rows['chip_id'].iloc[0]}', 10);\n```" if len(rows) else "(empty window)"
+            ),
+        }
+    )

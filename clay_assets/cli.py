@@ -1,0 +1,193 @@
+"""`clay-assets`: the small command line around the platform.
+
+    clay-assets db-url                 connection URI (starts the embedded Postgres if needed)
+    clay-assets demo                   materialize the whole graph, print a search and a change report
+    clay-assets search --chip ID       chips most similar to ID's latest observation
+    clay-assets report                 change detections against the synthetic source's planted truth
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+
+def _home() -> Path:
+    from clay_assets import settings
+
+    return settings.clay_home()
+
+
+def _dagster_home(home: Path) -> Path:
+    """DAGSTER_HOME under CLAY_HOME with the project's dagster.yaml, so `dagster dev` sees the runs."""
+    dh = Path(os.environ.get("DAGSTER_HOME") or home / "dagster")
+    dh.mkdir(parents=True, exist_ok=True)
+    cfg = Path(__file__).resolve().parent.parent / "dagster.yaml"
+    if cfg.is_file() and not (dh / "dagster.yaml").exists():
+        shutil.copy(cfg, dh / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(dh)
+    return dh
+
+
+def cmd_db_url(args: argparse.Namespace) -> int:
+    from clay_core.db import database_url
+
+    print(database_url(_home()))
+    return 0
+
+
+def default_windows(n: int) -> list[str]:
+    from clay_assets import settings
+
+    start = date.fromisoformat(settings.start_date())
+    return [(start + timedelta(weeks=i)).isoformat() for i in range(n)]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dagster import DagsterInstance
+    from tqdm import tqdm
+
+    from clay_assets import settings
+    from clay_assets.definitions import build_resources
+    from clay_assets.runner import materialize_graph
+
+    home = _home()
+    _dagster_home(home)
+    tiles = settings.tiles()
+    windows = default_windows(args.windows)
+    resources = build_resources(home=home)
+    instance = DagsterInstance.get()
+    total = 2 * len(tiles) * len(windows) + 1
+    print(f"CLAY_HOME={home}\nmaterializing {len(tiles)} tiles x {len(windows)} weekly windows "
+          f"({windows[0]} .. {windows[-1]}) = {total} runs")
+    t0 = time.perf_counter()
+    with tqdm(total=total, unit="run", file=sys.stderr, disable=args.quiet) as bar:
+        def log(msg: str) -> None:
+            bar.set_description(msg.split(":")[0][-40:])
+            bar.update(1)
+
+        summary = materialize_graph(tiles, windows, resources, instance, log=log)
+    print(f"done: {summary.runs} runs in {time.perf_counter() - t0:.1f}s")
+    _print_demo_results(resources, tiles, windows)
+    print("\nOpen the UI on these materializations:\n"
+          f"  DAGSTER_HOME={os.environ['DAGSTER_HOME']} CLAY_HOME={home} .venv/bin/dagster dev -w workspace.yaml")
+    return 0
+
+
+def _load_all_scores(layout, tiles, windows):
+    import pandas as pd
+
+    frames = []
+    for tile in tiles:
+        for w in windows:
+            p = layout.partition("change", tile, w) / "scores.parquet"
+            if p.is_file():
+                frames.append(pd.read_parquet(p, columns=["chip_id", "datetime", "change_flag", "change_score"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["chip_id", "datetime", "change_flag"])
+
+
+def change_report(resources: dict, tiles: list[str], windows: list[str]):
+    """DetectionReport of the stored change flags against the synthetic source's planted changes."""
+    from clay_core.evaluate import score_detections, truth_chips
+
+    src = resources["source"].get_source()
+    if not hasattr(src, "planted_changes"):
+        return None
+    cs = resources["chip_settings"].chip_size
+    grid = src.grid(tiles[0])
+    truth = truth_chips(src.planted_changes(tiles), cs, grid.height // cs, grid.width // cs)
+    return score_detections(_load_all_scores(resources["home"].layout, tiles, windows), truth)
+
+
+def _print_demo_results(resources, tiles, windows) -> None:
+    from clay_core.db import VectorStore
+
+    report = change_report(resources, tiles, windows)
+    url = resources["vectordb"].url()
+    detected = [r["chip_id"] for r in (report.rows if report else []) if r["verdict"] == "detected"]
+    planted = [r["chip_id"] for r in (report.rows if report else []) if r["planted"]]
+    query = (detected or planted or [None])[0]
+    store = VectorStore(url, 0)
+    try:
+        if query:
+            print(f"\nSimilarity search: chips most like {query} (a planted clearing), latest observation")
+            print(f"  SQL: SELECT * FROM clay.similar_chips('{query}', 8);")
+            res = store.similar_chips(query, k=8)
+            for r in res.itertuples():
+                tag = " <- planted clearing" if r.chip_id in planted else ""
+                print(f"  {r.chip_id:<16} {r.tile:<6} {r.acquired}  {r.similarity:.4f}{tag}")
+    finally:
+        store.close()
+    if report:
+        print("\nChange report (flags vs planted clearings):")
+        print(report.table())
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from clay_core.db import VectorStore, database_url
+
+    url = os.environ.get("DATABASE_URL") or database_url(_home())
+    store = VectorStore(url, 0)
+    try:
+        acquired = date.fromisoformat(args.date) if args.date else None
+        res = store.similar_chips(args.chip, k=args.k, min_similarity=args.min_similarity, acquired=acquired)
+    finally:
+        store.close()
+    if res.empty:
+        print("no results")
+    for r in res.itertuples():
+        print(f"{r.chip_id}\t{r.tile}\t{r.acquired}\t{r.similarity:.4f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from clay_assets import settings
+    from clay_assets.definitions import build_resources
+
+    resources = build_resources(home=_home())
+    report = change_report(resources, settings.tiles(), default_windows(args.windows))
+    if report is None:
+        print("the configured scene source has no planted truth to score against")
+        return 1
+    print(report.table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clay-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("db-url", help="print the database URI (starts the embedded server)").set_defaults(fn=cmd_db_url)
+    d = sub.add_parser("demo", help="materialize the whole graph on embedded defaults")
+    d.add_argument("--windows", type=int, default=8, help="weekly windows from CLAY_START (default 8)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(fn=cmd_demo)
+    s = sub.add_parser("search", help="similarity search by chip id")
+    s.add_argument("--chip", required=True, help="chip id, e.g. 31UFU_r002c000")
+    s.add_argument("--k", type=int, default=10)
+    s.add_argument("--min-similarity", type=float, default=0.0)
+    s.add_argument("--date", help="use the chip's observation on this date (default: latest)")
+    s.set_defaults(fn=cmd_search)
+    r = sub.add_parser("report", help="score change flags against the synthetic truth")
+    r.add_argument("--windows", type=int, default=8)
+    r.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clay_core.errors import ClayError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ClayError as exc:
+        print(f"clay-assets: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

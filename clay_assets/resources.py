@@ -1,0 +1,174 @@
+"""Resources: the scene source, the Clay model, storage, chipping and change settings, Postgres.
+
+``SceneSourceResource`` is abstract; the synthetic implementation is the offline default and
+the real sources (STAC, local rasters, data cubes) plug in beside it. ``definitions.py``
+chooses one in a single place from ``CLAY_SOURCE``.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from datetime import date
+from pathlib import Path
+from typing import Optional
+
+from dagster import ConfigurableResource
+from pydantic import PrivateAttr
+
+from clay_core.change import ChangeParams
+from clay_core.chips import ChipParams
+from clay_core.sources.base import SceneSource
+from clay_core.store import Layout
+
+
+class ClayHome(ConfigurableResource):
+    """Root of all platform state; data files go to ``<root>/data``."""
+
+    root: str
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(Path(self.root) / "data")
+
+
+class SceneSourceResource(ConfigurableResource):
+    """A place scenes come from. Subclasses build a ``clay_core`` SceneSource."""
+
+    bands: list[str] = ["blue", "green", "red", "nir"]
+
+    _source = PrivateAttr(default=None)
+
+    @abstractmethod
+    def build(self) -> SceneSource: ...
+
+    def get_source(self) -> SceneSource:
+        # Built once per resource instance: real sources cache catalogue look-ups.
+        if self._source is None:
+            self._source = self.build()
+        return self._source
+
+
+class SyntheticSource(SceneSourceResource):
+    """Deterministic Sentinel-2-like scenes with planted clearings (offline, no downloads)."""
+
+    tiles: list[str] = ["31UFU", "32UNB"]
+    size: int = 1024
+    seed: int = 0
+    epoch: str = "2024-01-01"
+    revisit_days: int = 7
+    clearings_per_tile: int = 2
+    change_at: list[int] = [4, 5]
+    cloud_every: int = 5
+    outages: list[str] = []
+
+    def build(self) -> SceneSource:
+        from clay_core.sources.synthetic import SyntheticSceneSource, SyntheticWorld
+
+        return SyntheticSceneSource(
+            SyntheticWorld(
+                tiles=tuple(t.upper() for t in self.tiles),
+                size=self.size,
+                seed=self.seed,
+                epoch=date.fromisoformat(self.epoch),
+                revisit_days=self.revisit_days,
+                clearings_per_tile=self.clearings_per_tile,
+                change_at=tuple(self.change_at),
+                cloud_every=self.cloud_every,
+                outages=tuple(date.fromisoformat(d) for d in self.outages),
+            )
+        )
+
+
+class ChipSettings(ConfigurableResource):
+    """Chip geometry and filters; changing them changes every downstream partition."""
+
+    chip_size: int = 256
+    max_cloud: float = 0.2
+    max_nodata: float = 0.1
+    cloud_classes: list[int] = [1, 3, 8, 9, 10]
+    nodata_classes: list[int] = [0]
+
+    def params(self) -> ChipParams:
+        return ChipParams(
+            chip_size=self.chip_size,
+            max_cloud=self.max_cloud,
+            max_nodata=self.max_nodata,
+            cloud_classes=tuple(self.cloud_classes),
+            nodata_classes=tuple(self.nodata_classes),
+        )
+
+
+class ClayModel(ConfigurableResource):
+    """The Clay encoder: a preset with seeded random weights, or a checkpoint file.
+
+    ``device='auto'`` uses CUDA when present, else the CPU.
+    """
+
+    preset: str = "tiny"
+    checkpoint: Optional[str] = None
+    device: str = "auto"
+    batch_size: int = 8
+    patch_tokens: bool = False
+    seed: int = 0
+    platform: str = "sentinel-2-l2a"
+
+    _encoder = PrivateAttr(default=None)
+
+    def load(self):
+        """(encoder, device, model_id, checkpoint sha256 or None); loaded once per process."""
+        from clay_core import embed, model
+
+        if self._encoder is None:
+            device = embed.resolve_device(self.device)
+            if self.checkpoint:
+                enc = model.load_encoder(self.checkpoint, self.preset, device=device)
+                sha = model.file_sha256(self.checkpoint)
+            else:
+                enc = model.build_encoder(self.preset, seed=self.seed).to(device)
+                sha = None
+            mid = model.model_id(self.preset, self.checkpoint, self.seed)
+            self._encoder = (enc, device, mid, sha)
+        return self._encoder
+
+
+class VectorDB(ConfigurableResource):
+    """Postgres + pgvector. Empty ``database_url`` means ``$DATABASE_URL`` or the embedded server."""
+
+    database_url: Optional[str] = None
+    clay_home: str = ".clay"
+
+    def url(self) -> str:
+        from clay_core.db import database_url
+
+        if self.database_url:
+            return self.database_url
+        return database_url(Path(self.clay_home))
+
+    def store(self, dim: int):
+        from clay_core.db import VectorStore
+
+        store = VectorStore(self.url(), dim)
+        store.ensure_schema()
+        return store
+
+
+class ChangeSettings(ConfigurableResource):
+    baseline_obs: int = 3
+    z_threshold: float = 3.5
+    min_distance_factor: float = 3.0
+    n_components: int = 3
+    n_harmonics: int = 1
+
+    def params(self) -> ChangeParams:
+        return ChangeParams(
+            baseline_obs=self.baseline_obs,
+            z_threshold=self.z_threshold,
+            min_distance_factor=self.min_distance_factor,
+            n_components=self.n_components,
+            n_harmonics=self.n_harmonics,
+        )
+
+
+def default_clay_home() -> str:
+    return str(Path(os.environ.get("CLAY_HOME", ".clay")).resolve())

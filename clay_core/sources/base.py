@@ -1,0 +1,31 @@
+"""The one interface every scene source implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import datetime
+
+from clay_core.types import Scene, SceneRef, TileGrid
+
+
+class SceneSource(ABC):
+    """Lists and loads acquisitions for a tile.
+
+    ``list_scenes`` is cheap (catalogue only) so sensors can poll it; ``load_scene`` reads
+    pixels onto the tile's fixed grid (``grid(tile)``), so a chip id means the same ground
+    on every date.
+    """
+
+    platform: str = "sentinel-2-l2a"
+
+    @abstractmethod
+    def grid(self, tile: str) -> TileGrid:
+        """The tile's pixel grid; raises UnknownTileError for a tile the source does not serve."""
+
+    @abstractmethod
+    def list_scenes(self, tile: str, start: datetime, end: datetime) -> list[SceneRef]:
+        """Acquisitions of ``tile`` with ``start <= datetime < end`` (UTC), oldest first."""
+
+    @abstractmethod
+    def load_scene(self, ref: SceneRef, bands: list[str]) -> Scene:
+        """Pixels of ``bands`` (in that order) plus the QA band, on ``grid(ref.tile)``."""
