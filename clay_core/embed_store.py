@@ -35,7 +35,7 @@ def open_embeddings(path: Path) -> xr.Dataset:
 def read_observations(path: Path) -> Observations:
     ds = open_embeddings(path)
     return Observations(
-        ds["chip_id"].values.astype(str).astype(object),
+        np.asarray(ds["chip_id"].values.tolist(), dtype=object),
         ds["datetime"].values.astype("datetime64[ns]"),
         ds["embedding"].values.astype(np.float32),
     )

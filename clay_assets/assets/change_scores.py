@@ -7,7 +7,6 @@ flag (see ``clay_core.change``). Reads earlier windows of the same tile as histo
 windows are scored oldest first. Metadata carries a change-intensity map of the tile.
 """
 
-from __future__ import annotations
 
 import numpy as np
 import pandas as pd

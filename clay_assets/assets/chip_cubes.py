@@ -6,7 +6,6 @@ GeoParquet chip index with lineage hrefs, and PNG thumbnails. Chips over the clo
 thresholds are dropped; the partition directory is swapped in atomically.
 """
 
-from __future__ import annotations
 
 import time
 from datetime import datetime

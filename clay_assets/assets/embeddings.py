@@ -6,7 +6,6 @@ statistics, encodes time and chip-centre lat/lon, and runs the encoder on CUDA w
 token [chip, dim] float32 and, when enabled, patch tokens [chip, token, dim] float16.
 """
 
-from __future__ import annotations
 
 import time
 

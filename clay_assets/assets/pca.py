@@ -5,7 +5,6 @@ Fitted incrementally (one partition in memory at a time) and stored as a new ver
 score row records it. Metadata shows the explained variance per component.
 """
 
-from __future__ import annotations
 
 import io
 

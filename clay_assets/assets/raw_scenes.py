@@ -5,7 +5,6 @@ per-partition manifest; pixels are read by ``chip_cubes`` straight from the sour
 rasters are never copied. A window with no acquisition is an empty partition, not a failure.
 """
 
-from __future__ import annotations
 
 import time
 

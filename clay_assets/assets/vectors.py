@@ -6,7 +6,6 @@ The partition's previous rows are replaced in one transaction, so re-running nev
 duplicates and a failed load leaves the old rows. Query with ``clay.similar_chips``.
 """
 
-from __future__ import annotations
 
 import numpy as np
 import pandas as pd
@@ -30,8 +29,8 @@ def partition_rows(layout, tile: str, window: str, model_id: str) -> tuple[pd.Da
     ds = open_embeddings(emb_dir / "embeddings.zarr")
     emb = ds["embedding"].values.astype(np.float32)
     scores = pd.read_parquet(layout.partition("change", tile, window) / "scores.parquet")
-    ids = ds["chip_id"].values.astype(str)
-    if not (np.array_equal(ids, index["chip_id"].to_numpy(str)) and np.array_equal(ids, scores["chip_id"].to_numpy(str))):
+    ids = [str(c) for c in ds["chip_id"].values.tolist()]
+    if not (ids == index["chip_id"].astype(str).tolist() == scores["chip_id"].astype(str).tolist()):
         raise RuntimeError(f"{tile} {window}: chip order differs between chips, embeddings and change scores; "
                            "re-materialize this partition's chip_cubes and downstream assets")
     acquired_at = pd.to_datetime(index["datetime"], utc=True)

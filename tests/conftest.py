@@ -1,0 +1,37 @@
+"""Shared fixtures: one embedded Postgres per test session, temp homes, a small synthetic world."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Tests never use a developer's state: point CLAY_HOME somewhere temporary before imports.
+os.environ.setdefault("CLAY_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"clay-test-home-{os.getpid()}"))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A real Postgres with pgvector: $DATABASE_URL when set, else embedded pgserver in a temp dir.
+
+    The data directory sits directly under the system temp dir: pgserver runs postgres as an
+    unprivileged user when we are root, and pytest's per-user temp root is not traversable by it.
+    """
+    import shutil
+    import tempfile
+
+    from clay_core.db import start_embedded, stop_embedded
+
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    base = Path(tempfile.mkdtemp(prefix="clay-test-pg-"))
+    base.chmod(0o755)
+    yield start_embedded(base / "pg")
+    stop_embedded(base / "pg")
+    shutil.rmtree(base, ignore_errors=True)
