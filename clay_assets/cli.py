@@ -34,6 +34,14 @@ def _dagster_home(home: Path) -> Path:
     return dh
 
 
+def _query_store(url: str):
+    """A VectorStore for queries only (the dimension matters for loads, not searches)."""
+    from clay_core.db import VectorStore
+    from clay_core.model import resolve_config
+
+    return VectorStore(url, resolve_config(os.environ.get("CLAY_PRESET", "tiny"))["dim"])
+
+
 def cmd_db_url(args: argparse.Namespace) -> int:
     from clay_core.db import database_url
 
@@ -105,15 +113,15 @@ def change_report(resources: dict, tiles: list[str], windows: list[str]):
 
 
 def _print_demo_results(resources, tiles, windows) -> None:
-    from clay_core.db import VectorStore
-
     report = change_report(resources, tiles, windows)
     url = resources["vectordb"].url()
     detected = [r["chip_id"] for r in (report.rows if report else []) if r["verdict"] == "detected"]
     planted = [r["chip_id"] for r in (report.rows if report else []) if r["planted"]]
     query = (detected or planted or [None])[0]
-    store = VectorStore(url, 0)
+    store = _query_store(url)
     try:
+        print(f"\nPostgres: {store.count()} chip observations in clay.chips "
+              f"({', '.join(f'{t}: {store.count(tile=t)}' for t in tiles)})")
         if query:
             print(f"\nSimilarity search: chips most like {query} (a planted clearing), latest observation")
             print(f"  SQL: SELECT * FROM clay.similar_chips('{query}', 8);")
@@ -129,10 +137,9 @@ def _print_demo_results(resources, tiles, windows) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from clay_core.db import VectorStore, database_url
+    from clay_core.db import database_url
 
-    url = os.environ.get("DATABASE_URL") or database_url(_home())
-    store = VectorStore(url, 0)
+    store = _query_store(database_url(_home()))
     try:
         acquired = date.fromisoformat(args.date) if args.date else None
         res = store.similar_chips(args.chip, k=args.k, min_similarity=args.min_similarity, acquired=acquired)

@@ -157,6 +157,7 @@ class ChangeSettings(ConfigurableResource):
     baseline_obs: int = 3
     z_threshold: float = 3.5
     min_distance_factor: float = 3.0
+    min_relative_scale: float = 0.5
     n_components: int = 3
     n_harmonics: int = 1
 
@@ -165,6 +166,7 @@ class ChangeSettings(ConfigurableResource):
             baseline_obs=self.baseline_obs,
             z_threshold=self.z_threshold,
             min_distance_factor=self.min_distance_factor,
+            min_relative_scale=self.min_relative_scale,
             n_components=self.n_components,
             n_harmonics=self.n_harmonics,
         )

@@ -3,17 +3,20 @@
 For each chip observed in the window, its earlier clear observations (same chip id, earlier
 windows) form a time series. Scores:
 
-- ``cosine_to_baseline``: cosine distance from the chip's baseline mean embedding (the mean of
-  its first ``baseline_obs`` clear observations);
+- ``cosine_to_baseline``: cosine distance from the chip's baseline embedding, the element-wise
+  median of its first ``baseline_obs`` clear observations (a median, because one partly
+  cloudy chip that passed the cloud filter would drag a mean far off);
 - ``cosine_to_previous``: cosine distance from its previous clear observation;
 - ``harmonic_deviation``: RMS over the first ``n_components`` principal components of the
   residual from a robust harmonic seasonal fit on the baseline, in units of the baseline
   residual scale (see ``clay_core.changepoint``);
 - ``change_score``: robust z-score of ``cosine_to_baseline`` among the tile's chips on the same
-  date (median / MAD): illumination and phenology shift every chip together, a clearing
-  shifts a few;
+  date, ``(d - median) / scale`` with ``scale = max(1.4826 * MAD, min_relative_scale * median)``:
+  illumination and phenology shift every chip together, a clearing shifts a few; the
+  relative floor keeps a near-uniform tile (tiny MAD) from turning small seasonal
+  differences between land covers into huge scores;
 - ``change_flag``: ``change_score > z_threshold`` and the distance is at least
-  ``min_distance_factor`` times the typical baseline scatter.
+  ``min_distance_factor`` times the typical scatter of baseline observations.
 
 ``clay_core.changepoint.detect_changes`` turns a chip's series into dated events with
 persistence; this module gives the per-observation scores the vector table carries.
@@ -35,6 +38,7 @@ class ChangeParams:
     baseline_obs: int = 3
     z_threshold: float = 3.5
     min_distance_factor: float = 3.0
+    min_relative_scale: float = 0.5
     n_components: int = 3
     n_harmonics: int = 1
 
@@ -104,7 +108,7 @@ def score_partition(current: Observations, history: Observations, project, param
         series = by_chip[str(current.chip_id[j])]
         pos = series.index(gi)
         base_idx = series[: params.baseline_obs]
-        base_mean = all_obs.vectors[base_idx].mean(axis=0)
+        base_mean = np.median(all_obs.vectors[base_idx], axis=0)
         d_base = float(cosine_distance(all_obs.vectors[gi], base_mean))
         d_prev = float(cosine_distance(all_obs.vectors[gi], all_obs.vectors[series[pos - 1]])) if pos > 0 else np.nan
         if len(base_idx) > 1:
@@ -126,7 +130,7 @@ def score_partition(current: Observations, history: Observations, project, param
         med = np.median(d)
         mad = 1.4826 * np.median(np.abs(d - med))
         floor = params.min_distance_factor * (np.median(scatter) if scatter else 0.0)
-        z = (d - med) / max(mad, 1e-9)
+        z = (d - med) / max(mad, params.min_relative_scale * med, 1e-9)
         df.loc[post, "change_score"] = z
         df.loc[post, "change_flag"] = (z > params.z_threshold) & (d > floor)
     return df[COLUMNS]
