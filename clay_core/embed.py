@@ -50,8 +50,10 @@ def resolve_device(requested: str = "auto") -> str:
                 f"(torch {torch.__version__}); use device='auto' or 'cpu'"
             )
         if ":" in req:
-            index = int(req.split(":", 1)[1])
-            if index >= torch.cuda.device_count():
+            suffix = req.split(":", 1)[1]
+            if not suffix.isdigit():
+                raise ConfigError(f"unknown device {requested!r}; use 'cuda:N' with N a GPU index")
+            if int(suffix) >= torch.cuda.device_count():
                 raise ConfigError(f"device {requested!r}: only {torch.cuda.device_count()} GPU(s) visible")
         return req
     raise ConfigError(f"unknown device {requested!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -219,7 +221,8 @@ def embed_prepared(
             loop = _cuda_loop if on_cuda else _cpu_loop
             loop(encoder, batches, kernel, pos, meta_t, meta_ll, cls_out, patch_out, progress)
     seconds = _time.perf_counter() - t0
-    return EmbeddingResult(cls_out, patch_out, device, dtype_name, seconds, n / seconds if seconds > 0 else float("inf"))
+    rate = n / seconds if seconds > 0 else float("inf")
+    return EmbeddingResult(cls_out, patch_out, device, dtype_name, seconds, rate)
 
 
 def _cpu_loop(
@@ -326,7 +329,8 @@ def _cuda_loop(
         compute.wait_event(cur.ready)
         cur.x.record_stream(compute)  # allocated on the copy stream, consumed on this one
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = encoder.forward_with_kernel(cur.x, times[cur.start : cur.stop], latlon[cur.start : cur.stop], kernel, pos)
+            rows = slice(cur.start, cur.stop)
+            out = encoder.forward_with_kernel(cur.x, times[rows], latlon[rows], kernel, pos)
         k = cur.stop - cur.start
         h_cls[slot][:k].copy_(out[:, 0].float(), non_blocking=True)
         if patch_out is not None:

@@ -362,8 +362,16 @@ def _unpickler_detail(exc: Exception) -> str:
 
 
 def _torch_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``, memory-mapped when the format allows.
+
+    Memory-mapping means the decoder/teacher tensors of a training checkpoint are never
+    read from disk; only the encoder tensors that get copied are.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it contains pickled objects other than tensors and plain "
@@ -374,8 +382,8 @@ def _torch_load(path: Path) -> Any:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _encoder_state(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """Extract the encoder tensors; the flag says whether it came from a Lightning file."""
+def _encoder_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The encoder tensors of a Lightning checkpoint (prefix stripped) or a plain state dict."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     state = obj["state_dict"] if "state_dict" in obj else obj
@@ -383,8 +391,8 @@ def _encoder_state(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], bool]
         raise CheckpointError(f"checkpoint {path}: 'state_dict' is a {type(state).__name__}, not a dict")
     prefix = "model.encoder."
     if any(isinstance(k, str) and k.startswith(prefix) for k in state):
-        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, True
-    return dict(state), False
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return dict(state)
 
 
 def _check_state(
@@ -428,14 +436,15 @@ def load_encoder(path: str | PathLike[str], config: ConfigLike, device: str | to
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     cfg = resolve_config(config)
-    state, _ = _encoder_state(_torch_load(path), path)
+    state = _encoder_state(_torch_load(path), path)
     # Build on the meta device: no memory is allocated and no random init is spent on
     # weights that are replaced right away (the large preset has 311 M parameters).
     with torch.device("meta"):
         encoder = ClayEncoder(cfg)
     expected = {k: v.shape for k, v in encoder.state_dict().items()}
     _check_state(state, expected, path, cfg)
-    state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()}
+    # A real copy: the model must not keep pages of the (memory-mapped) file alive.
+    state = {k: v.to(torch.float32 if v.is_floating_point() else v.dtype, copy=True) for k, v in state.items()}
     encoder.load_state_dict(state, strict=True, assign=True)
     return encoder.to(device).eval()
 

@@ -159,7 +159,11 @@ def parse_platforms(text: str, source: str = "<yaml>") -> dict[str, Platform]:
         doc = doc["platforms"]
     if not isinstance(doc, Mapping) or not doc:
         raise ConfigError(f"{source}: expected a mapping of platform name -> definition")
-    return {str(name).strip().lower(): _parse_platform(str(name).strip().lower(), raw, source) for name, raw in doc.items()}
+    parsed = {}
+    for name, raw in doc.items():
+        key = str(name).strip().lower()  # lookups are case-insensitive
+        parsed[key] = _parse_platform(key, raw, source)
+    return parsed
 
 
 def _read_yaml(path: str | PathLike[str]) -> dict[str, Platform]:

@@ -242,11 +242,12 @@ class Payload:
         self.command = "echo owned"
 
 
-def test_arbitrary_pickle_is_refused(tmp_path, case):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_arbitrary_pickle_is_refused(tmp_path, case, zip_format):
     ckpt = _lightning()
     ckpt["hyper_parameters"] = {"callback": Payload()}
     path = tmp_path / "evil.ckpt"
-    torch.save(ckpt, path)
+    torch.save(ckpt, path, _use_new_zipfile_serialization=zip_format)
     with pytest.raises(CheckpointError, match="arbitrary code") as err:
         load_encoder(path, case["encoder_config"])
     assert str(path) in str(err.value)

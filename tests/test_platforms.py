@@ -101,7 +101,8 @@ def test_select_orders_and_rejects_unknown_bands():
 
 def test_user_yaml_adds_and_overrides_platforms(tmp_path):
     path = tmp_path / "extra.yaml"
-    path.write_text(USER_YAML + "\n  naip:\n    gsd: 0.6\n    bands:\n      - {name: red, wavelength_um: 0.65, mean: 1, std: 2}\n")
+    naip = "\n  naip:\n    gsd: 0.6\n    bands:\n      - {name: red, wavelength_um: 0.65, mean: 1, std: 2}\n"
+    path.write_text(USER_YAML + naip)
     with pytest.raises(UnknownPlatformError):
         get_platform("worldview-3")
 
@@ -116,7 +117,8 @@ def test_user_yaml_adds_and_overrides_platforms(tmp_path):
     assert get_platform("naip").gsd == 0.6 and get_platform("naip").band_names == ["red"]
     np.testing.assert_allclose(waves_for("worldview-3", ["red", "blue"]), [0.66, 0.48], rtol=1e-6)
     raw = np.full((1, 3, 8, 8), 420.0, dtype=np.float32)
-    np.testing.assert_allclose(normalize(raw, "worldview-3", ["blue", "green", "red"])[0, :, 0, 0], [1.0, 0.13333334, 0.4375])
+    norm = normalize(raw, "worldview-3", ["blue", "green", "red"])
+    np.testing.assert_allclose(norm[0, :, 0, 0], [1.0, 0.13333334, 0.4375])
 
 
 def test_env_var_platform_file(tmp_path, monkeypatch):
@@ -133,7 +135,11 @@ def test_env_var_platform_file(tmp_path, monkeypatch):
         ("platforms:\n  x:\n    bands: [{name: a, wavelength_um: 0.5, mean: 1, std: 1}]\n", "gsd"),
         ("platforms:\n  x:\n    gsd: 1\n    bands: [{name: a, wavelength_um: 0.5, mean: 1, std: 0}]\n", "std"),
         ("platforms:\n  x:\n    gsd: 1\n    bands: [{name: a, mean: 1, std: 1}]\n", "wavelength_um"),
-        ("platforms:\n  x:\n    gsd: 1\n    rgb: [a, b, c]\n    bands: [{name: a, wavelength_um: 0.5, mean: 1, std: 1}]\n", "rgb"),
+        (
+            "platforms:\n  x:\n    gsd: 1\n    rgb: [a, b, c]\n"
+            "    bands: [{name: a, wavelength_um: 0.5, mean: 1, std: 1}]\n",
+            "rgb",
+        ),
         ("platforms: [oops", "invalid YAML"),
     ],
 )
@@ -171,7 +177,8 @@ def test_normalize_sentinel1_converts_linear_to_db_and_guards_zeros():
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out[0, 0], [0.0, 12.113 / 8.314, 0.0, 0.0], atol=1e-5)
     np.testing.assert_allclose(out[1, 0], [1.0, 0.0, (-30 + 18.673) / 8.017, 0.0], atol=1e-5)
-    already_db = normalize(np.full((2, 1, 1), -12.113, np.float32), "sentinel-1-rtc", ["vv", "vh"], linear_backscatter=False)
+    db = np.full((2, 1, 1), -12.113, np.float32)
+    already_db = normalize(db, "sentinel-1-rtc", ["vv", "vh"], linear_backscatter=False)
     np.testing.assert_allclose(already_db[:, 0, 0], [0.0, (-12.113 + 18.673) / 8.017], atol=1e-5)
 
 
