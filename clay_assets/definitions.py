@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetSelection, Definitions, define_asset_job, multiprocess_executor
 
 from clay_assets import settings
 from clay_assets.assets.change_scores import change_scores
@@ -20,6 +20,7 @@ from clay_assets.assets.embeddings import embeddings
 from clay_assets.assets.pca import pca
 from clay_assets.assets.raw_scenes import raw_scenes
 from clay_assets.assets.vectors import vectors
+from clay_assets.automation import incremental_job, new_scenes_sensor, newest_window_schedule
 from clay_assets.partitions import scene_partitions
 from clay_assets.resources import (
     ChangeSettings,
@@ -97,5 +98,9 @@ pca_job = define_asset_job("refit_pca", AssetSelection.assets(pca), description=
 defs = Definitions(
     assets=ALL_ASSETS,
     resources=build_resources(),
-    jobs=[scenes_job, serving_job, pca_job],
+    jobs=[scenes_job, serving_job, pca_job, incremental_job],
+    sensors=[new_scenes_sensor],
+    schedules=[newest_window_schedule],
+    # Steps of one run in parallel processes, bounded: a 2-core laptop should not thrash.
+    executor=multiprocess_executor.configured({"max_concurrent": _env_int("CLAY_MAX_CONCURRENT", 2)}),
 )

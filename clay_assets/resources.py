@@ -61,6 +61,7 @@ class SyntheticSource(SceneSourceResource):
     change_at: list[int] = [4, 5]
     cloud_every: int = 5
     outages: list[str] = []
+    until: Optional[str] = None
 
     def build(self) -> SceneSource:
         from clay_core.sources.synthetic import SyntheticSceneSource, SyntheticWorld
@@ -76,6 +77,7 @@ class SyntheticSource(SceneSourceResource):
                 change_at=tuple(self.change_at),
                 cloud_every=self.cloud_every,
                 outages=tuple(date.fromisoformat(d) for d in self.outages),
+                until=date.fromisoformat(self.until) if self.until else None,
             )
         )
 

@@ -19,7 +19,10 @@ All return ``TABLE(chip_id text, tile text, acquired date, similarity float8)``,
 similar first.  Similarity is ``1 - cosine distance``.  They use the HNSW index and fall back to
 an exact scan whenever the index returned fewer than ``k`` rows (a selective filter, or the query
 chip's own observations eating the candidate list), so ``k`` rows come back whenever ``k``
-qualifying rows exist.  Session knob: ``SET clay.ef_search = 200`` (base ``hnsw.ef_search``).
+qualifying rows exist.  ``min_similarity`` is applied to the k nearest found (rows below it are
+dropped, never replaced by farther ones).  Session knob: ``SET clay.ef_search = 200`` (base
+``hnsw.ef_search``, default 100; filtered queries raise it by the filter's selectivity).
+``k`` + the query chip's observations above 1000 (pgvector's ef_search limit) -> exact search.
 
 The embedded server (``database_url``/``start_embedded``) is a ``pgserver`` cluster (Postgres 16
 with pgvector) under ``<clay_home>/pg`` that listens on a Unix socket only and keeps running after
@@ -290,7 +293,7 @@ def _is_postgres(pid: int, pgdata: Path) -> bool:
         cmd = " ".join(proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    return "postgres" in name and (str(pgdata) in cmd or "postgres" in cmd)
+    return "postgres" in name and str(pgdata) in cmd  # postmaster runs as postgres -D <pgdata>
 
 
 def _embedded_uri(info: dict) -> str:
@@ -832,7 +835,11 @@ def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray
 
 
 class VectorStore:
-    """Chip embeddings in Postgres/pgvector.  One connection; not shared between threads."""
+    """Chip embeddings in Postgres/pgvector.
+
+    One connection (autocommit; each method is its own transaction); use one store per thread
+    or process.  ``url`` is a libpq URI or key=value string (see ``database_url``).
+    """
 
     def __init__(self, url: str, dim: int, *, connect_timeout: int = 5):
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or not 1 <= dim <= 16000:
@@ -840,6 +847,7 @@ class VectorStore:
         self.url = url
         self.dim = int(dim)
         self._vector_oid: int | None = None
+        self._stage_ready = False
         self._iterative: bool | None = None
         where = _where(url)
         try:
@@ -882,7 +890,8 @@ class VectorStore:
             raise ChipNotFoundError(
                 f"{action}: {_scrub(exc.diag.message_primary or str(exc), self.url)}"
             ) from None
-        except psycopg.errors.UndefinedTable as exc:
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction,
+                psycopg.errors.InvalidSchemaName) as exc:
             raise DatabaseError(
                 f"{action} on {self._where}: {_scrub(str(exc).strip(), self.url)}; run "
                 "VectorStore.ensure_schema() (clay-assets creates the schema on first load)"
@@ -912,8 +921,11 @@ class VectorStore:
         with self._errors("registering the vector type"):
             cur = self._cursor()
             cur.execute("SELECT 'vector'::regtype::oid")
-            self._vector_oid = cur.fetchone()[0]
+            oid = cur.fetchone()[0]
             register_vector(self._conn)
+            dumper = type("_VecDumper", (_PackedVectorDumper,), {"oid": oid})
+            self._conn.adapters.register_dumper(_PackedVector, dumper)
+            self._vector_oid = oid
 
     def table_dim(self) -> int | None:
         """Dimension of clay.observations.embedding, None if the table does not exist."""
@@ -1113,19 +1125,23 @@ class VectorStore:
         self._register_types()
         col_list = ", ".join(_COLS)
         stage_cols = ", ".join(f"{c} {t}" for c, t, _ in ROW_COLUMNS)
+        stage = f"clay_stage_{self.dim}"
+        if n and not self._stage_ready:
+            # one staging table per session, emptied at every commit/rollback
+            with self._errors("creating the staging table"):
+                cur = self._cursor()
+                cur.execute(
+                    f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({stage_cols}, "
+                    f"embedding vector({self.dim})) ON COMMIT DELETE ROWS"
+                )
+                cur.execute(f"ALTER TABLE {stage} ALTER COLUMN embedding SET STORAGE PLAIN")
+            self._stage_ready = True
         with self._errors(f"loading partition {partition_key!r}"), self._conn.transaction():
             cur = self._cursor()
             cur.execute("SET LOCAL lock_timeout = '60s'")
             if n:
-                cur.execute(
-                    f"CREATE TEMP TABLE clay_stage ({stage_cols}, embedding vector({self.dim})) "
-                    "ON COMMIT DROP"
-                )
-                cur.execute("ALTER TABLE clay_stage ALTER COLUMN embedding SET STORAGE PLAIN")
-                dumper = type("_VecDumper", (_PackedVectorDumper,), {"oid": self._vector_oid})
-                cur.adapters.register_dumper(_PackedVector, dumper)
                 with cur.copy(
-                    f"COPY clay_stage ({col_list}, embedding) FROM STDIN (FORMAT BINARY)"
+                    f"COPY pg_temp.{stage} ({col_list}, embedding) FROM STDIN (FORMAT BINARY)"
                 ) as copy:
                     copy.set_types([_TYPES[c] for c in _COLS] + [self._vector_oid])
                     write = copy.write_row
@@ -1139,7 +1155,7 @@ class VectorStore:
                         f"INSERT INTO clay.observations ({col_list}, geom_wkt, embedding) "
                         f"SELECT {col_list}, format('POLYGON((%s %s, %s %s, %s %s, %s %s, %s %s))', "
                         "west, south, east, south, east, north, west, north, west, south), "
-                        "embedding FROM clay_stage"
+                        f"embedding FROM pg_temp.{stage}"
                     )
                 except psycopg.errors.UniqueViolation as exc:
                     raise DatabaseError(
@@ -1172,6 +1188,16 @@ class VectorStore:
         with self._errors("counting chips"):
             cur = self._cursor()
             cur.execute(f"SELECT count(*) FROM clay.observations{where}", params)
+            return int(cur.fetchone()[0])
+
+    def duplicate_observations(self) -> int:
+        """(chip_id, acquired) pairs stored more than once: 0 unless the unique key was lost."""
+        with self._errors("checking for duplicate observations"):
+            cur = self._cursor()
+            cur.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM clay.observations GROUP BY chip_id, acquired "
+                "HAVING count(*) > 1) d"
+            )
             return int(cur.fetchone()[0])
 
     def partition_chip_count(self, partition_key: str | None = None) -> dict[str, int] | int:

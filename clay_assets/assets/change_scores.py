@@ -10,11 +10,12 @@ windows are scored oldest first. Metadata carries a change-intensity map of the 
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
 
 from clay_assets.metadata import image_md
 from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ChangeSettings, ClayHome
+from clay_assets.versions import CHANGE_LOGIC
 from clay_core.change import Observations, score_partition
 from clay_core.embed_store import read_observations
 from clay_core.maps import intensity_map
@@ -22,7 +23,14 @@ from clay_core.pca import load_current
 from clay_core.store import atomic_dir, read_manifest, write_manifest
 
 
-@asset(partitions_def=scene_partitions, code_version="1", group_name="change", deps=["embeddings", "pca"], description=__doc__)
+@asset(
+    partitions_def=scene_partitions,
+    code_version=CHANGE_LOGIC,
+    group_name="change",
+    deps=["embeddings", "pca"],
+    description=__doc__,
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+)
 def change_scores(context: AssetExecutionContext, home: ClayHome, change_settings: ChangeSettings) -> MaterializeResult:
     tile, window = split_key(context.partition_key)
     layout = home.layout

@@ -11,17 +11,41 @@ import time
 from datetime import datetime
 
 import numpy as np
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    BackfillPolicy,
+    Backoff,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+)
 
 from clay_assets.metadata import histogram_md, image_md
 from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ChipSettings, ClayHome, SceneSourceResource
+from clay_assets.versions import chips_code_version, digest
 from clay_core.chips import ChipSet, chip_scene, mosaic, png_bytes, rgb_image, thumb_name, to_dataset, write_cube, write_index
 from clay_core.store import atomic_dir, read_manifest, write_manifest
 from clay_core.types import SceneRef
 
 
-@asset(partitions_def=scene_partitions, code_version="1", group_name="scenes", deps=["raw_scenes"], description=__doc__)
+@asset(
+    partitions_def=scene_partitions,
+    code_version=chips_code_version(),
+    group_name="scenes",
+    deps=["raw_scenes"],
+    description=__doc__,
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    # Reading scenes over the network fails transiently; a retry re-reads only this partition.
+    retry_policy=RetryPolicy(max_retries=2, delay=1, backoff=Backoff.EXPONENTIAL),
+    check_specs=[AssetCheckSpec("cloud_fractions_in_range", asset="chip_cubes", blocking=True,
+                                description="cloud and nodata fractions are within [0, 1] and under the thresholds")],
+)
 def chip_cubes(
     context: AssetExecutionContext, home: ClayHome, source: SceneSourceResource, chip_settings: ChipSettings
 ) -> MaterializeResult:
@@ -57,6 +81,8 @@ def chip_cubes(
         write_manifest(tmp, {"tile": tile, "window": window, "chips": len(chips), "chip_size": params.chip_size,
                              "bands": chips.bands, "dropped": chips.dropped, "scenes": len(raw["scenes"])})
     cloud = chips.meta["cloud_fraction"].to_numpy() if len(chips) else np.zeros(0)
+    nodata = chips.meta["nodata_fraction"].to_numpy() if len(chips) else np.zeros(0)
+    in_range = bool(np.all((cloud >= 0) & (cloud <= params.max_cloud)) and np.all((nodata >= 0) & (nodata <= params.max_nodata)))
     md = {
         "chips": len(chips),
         "dagster/row_count": len(chips),
@@ -71,4 +97,9 @@ def chip_cubes(
     }
     if thumbs_img:
         md["mosaic"] = image_md(mosaic([im[::2, ::2] for im in thumbs_img], max_tiles=32), f"{tile} {window}: {len(chips)} chips")
-    return MaterializeResult(metadata=md)
+    version = digest([params.__dict__, [s["scene_id"] for s in raw["scenes"]], chips.bands])
+    check = AssetCheckResult(
+        check_name="cloud_fractions_in_range", passed=in_range, severity=AssetCheckSeverity.ERROR,
+        metadata={"max_cloud": float(cloud.max()) if len(cloud) else 0.0, "max_nodata": float(nodata.max()) if len(nodata) else 0.0},
+    )
+    return MaterializeResult(metadata=md, data_version=DataVersion(version), check_results=[check])

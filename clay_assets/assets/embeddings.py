@@ -10,17 +10,38 @@ token [chip, dim] float32 and, when enabled, patch tokens [chip, token, dim] flo
 import time
 
 import numpy as np
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ClayHome, ClayModel
+from clay_assets.versions import embeddings_code_version
 from clay_core.chips import open_cube
 from clay_core.embed import embed_chips
 from clay_core.embed_store import write_embeddings
 from clay_core.store import atomic_dir, read_manifest, write_manifest
 
 
-@asset(partitions_def=scene_partitions, code_version="1", group_name="embeddings", deps=["chip_cubes"], description=__doc__)
+@asset(
+    partitions_def=scene_partitions,
+    code_version=embeddings_code_version(),
+    group_name="embeddings",
+    deps=["chip_cubes"],
+    description=__doc__,
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    # One encoder at a time per GPU: dagster.yaml gives every pool a default limit of 1.
+    pool="gpu",
+    check_specs=[AssetCheckSpec("embeddings_finite_with_dim", asset="embeddings", blocking=True,
+                                description="every class-token embedding is finite and has the model's dimension")],
+)
 def embeddings(context: AssetExecutionContext, home: ClayHome, model: ClayModel) -> MaterializeResult:
     t0 = time.perf_counter()
     tile, window = split_key(context.partition_key)
@@ -58,7 +79,13 @@ def embeddings(context: AssetExecutionContext, home: ClayHome, model: ClayModel)
             )
         write_manifest(tmp, {"tile": tile, "window": window, "chips": n, "dim": dim, "model_id": mid})
     finite = bool(result is None or np.isfinite(result.cls).all())
+    dim_ok = bool(result is None or (result.cls.ndim == 2 and result.cls.shape == (n, dim)))
+    check = AssetCheckResult(
+        check_name="embeddings_finite_with_dim", passed=finite and dim_ok, severity=AssetCheckSeverity.ERROR,
+        metadata={"finite": finite, "expected_dim": dim, "shape": str(None if result is None else result.cls.shape)},
+    )
     return MaterializeResult(
+        check_results=[check],
         metadata={
             "chips": n,
             "dagster/row_count": n,

@@ -9,7 +9,7 @@ score row records it. Metadata shows the explained variance per component.
 import io
 
 import numpy as np
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue, asset
 
 from clay_assets.metadata import image_md
 from clay_assets.resources import ChangeSettings, ClayHome
@@ -37,7 +37,7 @@ def _explained_variance_png(ratio: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@asset(code_version="1", group_name="change", deps=["embeddings"], description=__doc__)
+@asset(code_version="pca-1", group_name="change", deps=["embeddings"], description=__doc__)
 def pca(context: AssetExecutionContext, home: ClayHome, change_settings: ChangeSettings) -> MaterializeResult:
     layout = home.layout
     root = layout.root / "embeddings"
@@ -62,6 +62,7 @@ def pca(context: AssetExecutionContext, home: ClayHome, change_settings: ChangeS
     set_current(layout.root / "pca", version)
     evr = basis.explained_variance_ratio
     return MaterializeResult(
+        data_version=DataVersion(f"v{version}"),
         metadata={
             "version": version,
             "n_samples": basis.n_samples,

@@ -8,14 +8,22 @@ rasters are never copied. A window with no acquisition is an empty partition, no
 
 import time
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, BackfillPolicy, Backoff, MaterializeResult, MetadataValue, RetryPolicy, asset
 
 from clay_assets.partitions import scene_partitions, split_key, window_bounds
 from clay_assets.resources import ClayHome, SceneSourceResource
 from clay_core.store import atomic_dir, write_manifest
 
 
-@asset(partitions_def=scene_partitions, code_version="1", group_name="scenes", description=__doc__)
+@asset(
+    partitions_def=scene_partitions,
+    code_version="raw-1",
+    group_name="scenes",
+    description=__doc__,
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    # Catalogue searches time out now and then; retry this partition only.
+    retry_policy=RetryPolicy(max_retries=2, delay=1, backoff=Backoff.EXPONENTIAL),
+)
 def raw_scenes(context: AssetExecutionContext, home: ClayHome, source: SceneSourceResource) -> MaterializeResult:
     t0 = time.perf_counter()
     tile, window = split_key(context.partition_key)

@@ -9,7 +9,16 @@ duplicates and a failed load leaves the old rows. Query with ``clay.similar_chip
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ClayHome, ClayModel, VectorDB
@@ -58,8 +67,20 @@ def partition_rows(layout, tile: str, window: str, model_id: str) -> tuple[pd.Da
     return rows, emb
 
 
-@asset(partitions_def=scene_partitions, code_version="1", group_name="serving",
-       deps=["chip_cubes", "embeddings", "change_scores"], description=__doc__)
+@asset(
+    partitions_def=scene_partitions,
+    code_version="vectors-1",
+    group_name="serving",
+    deps=["chip_cubes", "embeddings", "change_scores"],
+    description=__doc__,
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    check_specs=[
+        AssetCheckSpec("rows_match_cube", asset="vectors", blocking=True,
+                       description="the partition's rows in clay.chips equal the chips in its Zarr cube"),
+        AssetCheckSpec("no_duplicate_observations", asset="vectors", blocking=True,
+                       description="no (chip_id, acquired) pair appears twice in clay.chips"),
+    ],
+)
 def vectors(context: AssetExecutionContext, home: ClayHome, model: ClayModel, vectordb: VectorDB) -> MaterializeResult:
     tile, window = split_key(context.partition_key)
     man = read_manifest(home.layout.partition("embeddings", tile, window))
@@ -69,10 +90,18 @@ def vectors(context: AssetExecutionContext, home: ClayHome, model: ClayModel, ve
     try:
         stats = store.load_partition(f"{window}|{tile}", rows, emb)
         total = store.count(partition_key=f"{window}|{tile}")
+        duplicates = store.duplicate_observations()
     finally:
         store.close()
+    checks = [
+        AssetCheckResult(check_name="rows_match_cube", passed=total == int(man["chips"]), severity=AssetCheckSeverity.ERROR,
+                         metadata={"rows": total, "cube_chips": int(man["chips"])}),
+        AssetCheckResult(check_name="no_duplicate_observations", passed=duplicates == 0, severity=AssetCheckSeverity.ERROR,
+                         metadata={"duplicates": duplicates}),
+    ]
     context.log.info(f"{tile} {window}: loaded {stats.rows} rows at {stats.rows_per_s:.0f} rows/s")
     return MaterializeResult(
+        check_results=checks,
         metadata={
             "rows": stats.rows,
             "dagster/row_count": total,

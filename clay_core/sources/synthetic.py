@@ -94,6 +94,9 @@ class SyntheticWorld:
     change_at: tuple[int, ...] = (4, 5)
     outages: tuple[date, ...] = ()
     noise: float = 0.03
+    # Acquisitions on or after ``until`` do not exist yet: stands in for "now", so tests can
+    # make a new acquisition appear.
+    until: date | None = None
 
     def __post_init__(self) -> None:
         if self.size % self.blocks:
@@ -114,7 +117,7 @@ class SyntheticWorld:
         n = first
         while True:
             d = self.epoch + timedelta(days=n * self.revisit_days)
-            if d >= end:
+            if d >= end or (self.until is not None and d >= self.until):
                 break
             if d >= start and d not in self.outages:
                 out.append(datetime(d.year, d.month, d.day, 10, 30, tzinfo=timezone.utc))
