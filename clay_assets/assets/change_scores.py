@@ -26,7 +26,7 @@ from clay_core.store import atomic_dir, read_manifest, write_manifest
 @asset(
     partitions_def=scene_partitions,
     code_version=CHANGE_LOGIC,
-    group_name="change",
+    group_name="clay",
     deps=["embeddings", "pca"],
     description=__doc__,
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),

@@ -37,7 +37,7 @@ from clay_core.types import SceneRef
 @asset(
     partitions_def=scene_partitions,
     code_version=chips_code_version(),
-    group_name="scenes",
+    group_name="clay",
     deps=["raw_scenes"],
     description=__doc__,
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),

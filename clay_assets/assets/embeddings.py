@@ -33,7 +33,7 @@ from clay_core.store import atomic_dir, read_manifest, write_manifest
 @asset(
     partitions_def=scene_partitions,
     code_version=embeddings_code_version(),
-    group_name="embeddings",
+    group_name="clay",
     deps=["chip_cubes"],
     description=__doc__,
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),

@@ -37,7 +37,7 @@ def _explained_variance_png(ratio: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-@asset(code_version="pca-1", group_name="change", deps=["embeddings"], description=__doc__)
+@asset(code_version="pca-1", group_name="clay", deps=["embeddings"], description=__doc__)
 def pca(context: AssetExecutionContext, home: ClayHome, change_settings: ChangeSettings) -> MaterializeResult:
     layout = home.layout
     root = layout.root / "embeddings"

@@ -18,7 +18,7 @@ from clay_core.store import atomic_dir, write_manifest
 @asset(
     partitions_def=scene_partitions,
     code_version="raw-1",
-    group_name="scenes",
+    group_name="clay",
     description=__doc__,
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
     # Catalogue searches time out now and then; retry this partition only.

@@ -70,7 +70,7 @@ def partition_rows(layout, tile: str, window: str, model_id: str) -> tuple[pd.Da
 @asset(
     partitions_def=scene_partitions,
     code_version="vectors-1",
-    group_name="serving",
+    group_name="clay",
     deps=["chip_cubes", "embeddings", "change_scores"],
     description=__doc__,
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
