@@ -109,6 +109,33 @@ def test_load_scene_values_resampling_and_qa(tile_dir):
     assert scene.grid == src.grid("31UFU") and scene.nodata == 0
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_strip_reads_are_seamless(tile_dir, tmp_path, monkeypatch, workers):
+    """Many small strips (and threads) give exactly the one-read result, 20 m bilinear too."""
+    import clay_core.sources.rio as rio
+
+    _, truth = tile_dir
+    t = truth["20230105"]
+    for b in ("blue", "nir", "swir16", "scl"):
+        write_cog(tmp_path / f"31UFU_20230105_{b}.tif", t[b], CRS, T10 if t[b].shape[0] == N else T20, blocksize=64)
+    write_cog(tmp_path / "m" / "31UFU_20230105.tif", np.stack([t["blue"], t["nir"]]), CRS, T10, blocksize=64)
+    ref = LocalRasterSource(str(tmp_path)).list_scenes("31UFU", datetime(2023, 1, 1), datetime(2024, 1, 1))[0]
+    one = LocalRasterSource(str(tmp_path), max_workers=1).load_scene(ref, ["blue", "swir16"])  # one strip each
+    calls = []
+    real = rio._read_strips
+    monkeypatch.setattr(rio, "_read_strips", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(rio, "STRIP_ROWS", 48)  # 64-row strips at 10 m, 64 source rows (128 px) at 20 m
+    many = LocalRasterSource(str(tmp_path), max_workers=workers).load_scene(ref, ["blue", "swir16"])
+    np.testing.assert_array_equal(many.data[0], t["blue"])
+    np.testing.assert_array_equal(many.data, one.data)  # bilinear seams: neighbours across strips used
+    np.testing.assert_array_equal(many.qa, one.qa)
+    src = LocalRasterSource(str(tmp_path / "m"), pattern="{tile}_{date}.tif", band_names=["blue", "nir"],
+                            qa_band=None, max_workers=workers)  # fmt: skip
+    (mref,) = src.list_scenes("31UFU", datetime(2023, 1, 1), datetime(2024, 1, 1))
+    np.testing.assert_array_equal(src.load_scene(mref, ["nir", "blue"]).data, np.stack([t["nir"], t["blue"]]))
+    assert calls  # the strip path ran
+
+
 def test_second_date_with_band_names_in_files(tile_dir):
     root, truth = tile_dir
     src = LocalRasterSource(str(root))
@@ -249,3 +276,15 @@ def test_rasterio_reads_what_was_written(tile_dir):
     root, _ = tile_dir
     with rasterio.open(root / "31UFU_20230105_B02.tif") as ds:
         assert ds.profile["tiled"] and ds.compression is not None and ds.overviews(1)
+
+
+def test_synthetic_qa_marks_pixels_empty_in_every_band():
+    from clay_core.sources.rio import synthetic_qa
+
+    data = np.ones((2, 600, 3), np.uint16)
+    data[:, 0] = 0
+    data[:, 599, 1] = 0
+    data[0, 1] = 0  # only one band empty: still data
+    qa = synthetic_qa(data, 0)
+    assert qa.dtype == np.uint8 and (qa[0] == 0).all() and qa[599, 1] == 0
+    assert (qa[1] == 7).all() and qa[599, 0] == 7 and int((qa == 0).sum()) == 4

@@ -65,10 +65,13 @@ def s2_assets(href_of, crs: str = CRS, proj: bool = True) -> dict[str, dict]:
     return assets
 
 
-def s2_props(tile: str, cloud: float, baseline: str) -> dict:
-    return {"grid:code": f"MGRS-{tile}", "mgrs:utm_zone": int(tile[:2]), "mgrs:latitude_band": tile[2],
-            "mgrs:grid_square": tile[3:], "eo:cloud_cover": cloud, "s2:processing_baseline": baseline,
-            "platform": "sentinel-2b", "proj:epsg": 32631}  # fmt: skip
+def s2_props(tile: str, cloud: float, baseline: str, offset_applied: bool | None = True) -> dict:
+    p = {"grid:code": f"MGRS-{tile}", "mgrs:utm_zone": int(tile[:2]), "mgrs:latitude_band": tile[2],
+         "mgrs:grid_square": tile[3:], "eo:cloud_cover": cloud, "s2:processing_baseline": baseline,
+         "platform": "sentinel-2b", "proj:epsg": 32631}  # fmt: skip
+    if offset_applied is not None:  # Earth Search: the +1000 DN offset was already removed
+        p["earthsearch:boa_offset_applied"] = offset_applied
+    return p
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +119,11 @@ def test_api_search_filters_dedupes_and_selects(world):
     assert r.hrefs["red"] == f"{world['srv'].url}/cogs/{r.scene_id}/red.tif"
     # end exclusive
     assert ids(src.list_scenes("31UFU", JAN, SCENES[3][1])) == ids(refs[:2])
-    # clearest per window (default) / per month; max_cloud goes to the server too
-    assert ids(StacSource(world["url"]).list_scenes("31UFU", JAN, MAR)) == ["S2A_31UFU_20230115_1_L2A"]
+    # clearest per window / per month / per ISO week (default); max_cloud goes to the server too
+    assert ids(StacSource(world["url"], clearest_per="window").list_scenes("31UFU", JAN, MAR)) == [
+        "S2A_31UFU_20230115_1_L2A"
+    ]
+    assert ids(StacSource(world["url"]).list_scenes("31UFU", JAN, MAR)) == ids(refs)  # 4 different weeks
     per_month = StacSource(world["url"], clearest_per="month").list_scenes("31UFU", JAN, MAR)
     assert ids(per_month) == ["S2A_31UFU_20230115_1_L2A", "S2A_31UFU_20230204_0_L2A"]
     low = StacSource(world["url"], selection="all", max_cloud=20).list_scenes("31UFU", JAN, MAR)
@@ -132,6 +138,19 @@ def test_api_search_filters_dedupes_and_selects(world):
     assert src.list_scenes("31UFU", datetime(2022, 1, 1), datetime(2022, 6, 1)) == []
     with pytest.raises(UnknownTileError):
         src.list_scenes("99ZZZ", JAN, MAR)
+
+
+def test_clearest_per_iso_week_is_the_default(tmp_path):
+    mk = lambda i, d, cc: stac_item(i, d, s2_assets(lambda b: f"./{b}.tif"), s2_props("31UFU", cc, "05.09"))  # noqa: E731
+    cat = write_static_catalog(tmp_path, [
+        mk("mon", datetime(2023, 1, 9, 10, tzinfo=UTC), 30.0),    # week 2
+        mk("thu", datetime(2023, 1, 12, 10, tzinfo=UTC), 10.0),   # week 2, clearest
+        mk("sun", datetime(2023, 1, 15, 10, tzinfo=UTC), None),   # week 2, unknown cloud: last
+        mk("mon2", datetime(2023, 1, 16, 10, tzinfo=UTC), 50.0),  # week 3
+    ])  # fmt: skip
+    assert ids(StacSource(str(cat)).list_scenes("31UFU", JAN, MAR)) == ["thu", "mon2"]
+    assert ids(StacSource(str(cat), clearest_per="day").list_scenes("31UFU", JAN, MAR)) == ["mon", "thu", "sun", "mon2"]
+    assert ids(StacSource(str(cat), max_cloud=40).list_scenes("31UFU", JAN, MAR)) == ["thu"]
 
 
 def test_load_over_http_with_range_requests(world):
@@ -195,6 +214,32 @@ def test_static_catalog_relative_hrefs_and_grid_from_raster(world, tmp_path):
         (ref,) = src.list_scenes("31UFU", JAN, MAR)
         assert ref.hrefs["blue"] == f"{srv.url}/sentinel-2-l2a/{sid}/blue.tif"
         np.testing.assert_array_equal(src.load_scene(ref, ["blue"]).data[0], world["truth"][sid]["blue"])
+
+
+def test_s2_boa_offset_harmonisation(world, tmp_path):
+    """Baseline >= 04.00 without ``earthsearch:boa_offset_applied`` -> DN - 1000 (clipped at 1)."""
+    sid, dt, cc, tile, _, _ = SCENES[0]
+    truth = world["truth"][sid]
+    href = lambda b: f"{world['srv'].url}/cogs/{sid}/{b}.tif"  # noqa: E731
+    items = [
+        stac_item("raw_0400", dt, s2_assets(href), s2_props(tile, cc, "04.00", offset_applied=None)),
+        stac_item("old_0311", datetime(2021, 6, 1, tzinfo=UTC), s2_assets(href), s2_props(tile, cc, "03.01", None)),
+    ]
+    cat = write_static_catalog(tmp_path, items)
+    src = StacSource(str(cat), selection="all")
+    refs = {r.scene_id: r for r in src.list_scenes("31UFU", datetime(2021, 1, 1), MAR)}
+    new, old = refs["raw_0400"], refs["old_0311"]
+    assert StacSource.boa_offset(items[0]["properties"]) == -1000 and StacSource.boa_offset(items[1]["properties"]) == 0
+    s_new = src.load_scene(new, ["red", "swir16"])
+    expected = np.maximum(truth["red"].astype(int) - 1000, 1)
+    np.testing.assert_array_equal(s_new.data[0], expected)
+    np.testing.assert_array_equal(s_new.qa, np.repeat(np.repeat(truth["scl"], 2, 0), 2, 1))  # QA untouched
+    np.testing.assert_array_equal(src.load_scene(old, ["red"]).data[0], truth["red"])
+    # a ref rebuilt in another process (offset unknown) asks the catalogue for the item
+    fresh = StacSource(str(cat), selection="all")
+    np.testing.assert_array_equal(fresh.load_scene(new, ["red"]).data[0], expected)
+    off = StacSource(str(cat), selection="all", harmonize=False)
+    np.testing.assert_array_equal(off.load_scene(new, ["red"]).data[0], truth["red"])
 
 
 # --------------------------------------------------------------------------- bad input
@@ -298,13 +343,14 @@ def test_s3_private_object_needs_credentials_and_they_never_leak(world, monkeypa
         grid = {"crs": CRS, "transform": list(T10)[:6], "height": N, "width": N}
         ref = SceneRef(sid, "31UFU", "sentinel-2-l2a", datetime(2023, 1, 5, tzinfo=UTC),
                        {"blue": href, "scl": href.replace("blue", "scl")})  # fmt: skip
-        anon = StacSource("unused", s3_endpoint=s3.endpoint, grids={"31UFU": grid}, timeout=5)
+        anon = StacSource("unused", s3_endpoint=s3.endpoint, grids={"31UFU": grid}, timeout=5, harmonize=False)
         with pytest.raises(SceneError) as ei:
             anon.load_scene(ref, ["blue"])
         assert href in str(ei.value)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTKEY")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
-        signed = StacSource("unused", s3_endpoint=s3.endpoint, aws_anonymous=False, grids={"31UFU": grid}, timeout=5)
+        signed = StacSource("unused", s3_endpoint=s3.endpoint, aws_anonymous=False, grids={"31UFU": grid}, timeout=5,
+                            harmonize=False)
         scene = signed.load_scene(ref, ["blue"])
         np.testing.assert_array_equal(scene.data[0], world["truth"][sid]["blue"])
         missing = SceneRef(sid, "31UFU", "sentinel-2-l2a", ref.datetime,
@@ -324,7 +370,8 @@ def test_requester_pays_header_reaches_the_endpoint(world, tmp_path):
     ref = SceneRef(sid, "31UFU", "sentinel-2-l2a", datetime(2023, 1, 5, tzinfo=UTC),
                    {"blue": "s3://bucket/blue.tif", "scl": "s3://bucket/scl.tif"})  # fmt: skip
     with http_server(tmp_path) as srv:
-        src = StacSource("unused", s3_endpoint=srv.url, requester_pays=True, grids={"31UFU": grid}, timeout=5)
+        src = StacSource("unused", s3_endpoint=srv.url, requester_pays=True, grids={"31UFU": grid}, timeout=5,
+                         harmonize=False)
         scene = src.load_scene(ref, ["blue"])
         np.testing.assert_array_equal(scene.data[0], world["truth"][sid]["blue"])
         gets = [r for r in srv.requests if r.method == "GET"]
@@ -397,7 +444,7 @@ def test_landsat_platform_via_api(tmp_path):
                    for k in ("red", "qa_pixel")}  # fmt: skip
         api.items.append(stac_item("LC08_L2SP_044034_20230113_02_T1", datetime(2023, 1, 13, 18, 40, tzinfo=UTC),
                                    assets2, {**props, "eo:cloud_cover": 30.0}, collection="landsat-c2-l2"))  # fmt: skip
-        src = StacSource(f"{srv.url}/api", platform="landsat-c2l2-sr")
+        src = StacSource(f"{srv.url}/api", platform="landsat-c2l2-sr", clearest_per="window")
         (ref,) = src.list_scenes("044034", JAN, MAR)  # clearest of the window
         assert api.searches[-1]["query"] == {"landsat:wrs_path": {"eq": "044"}, "landsat:wrs_row": {"eq": "034"}}
         assert api.searches[-1]["collections"] == ["landsat-c2-l2"] and ref.platform == "landsat-c2l2-sr"
