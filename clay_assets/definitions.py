@@ -27,7 +27,10 @@ from clay_assets.resources import (
     ChipSettings,
     ClayHome,
     ClayModel,
+    CubeSourceResource,
+    LocalRasterSourceResource,
     SceneSourceResource,
+    StacSourceResource,
     SyntheticSource,
     VectorDB,
 )
@@ -56,7 +59,27 @@ def scene_source_from_env() -> SceneSourceResource:
             size=_env_int("CLAY_SYNTHETIC_SIZE", 1024),
             epoch=settings.start_date(),
         )
-    raise ConfigError(f"CLAY_SOURCE={kind!r} is not a known scene source; use one of: synthetic")
+    env = os.environ.get
+    if kind == "local":
+        if not env("CLAY_SOURCE_ROOT"):
+            raise ConfigError("CLAY_SOURCE=local needs CLAY_SOURCE_ROOT (the folder of GeoTIFFs)")
+        return LocalRasterSourceResource(root=env("CLAY_SOURCE_ROOT"),
+                                         pattern=env("CLAY_SOURCE_PATTERN", "{tile}_{date}_{band}.tif"))
+    if kind == "cube":
+        tiles = settings.tiles()
+        return CubeSourceResource(path=env("CLAY_CUBE_PATH", "nrt:"), tile=tiles[0])
+    if kind == "stac":
+        max_cloud = env("CLAY_STAC_MAX_CLOUD")
+        return StacSourceResource(
+            url=env("CLAY_STAC_URL", StacSourceResource.model_fields["url"].default),
+            collection=env("CLAY_STAC_COLLECTION") or None,
+            platform=env("CLAY_PLATFORM", "sentinel-2-l2a"),
+            max_cloud=float(max_cloud) if max_cloud else None,
+            s3_endpoint=env("CLAY_S3_ENDPOINT") or None,
+            aws_anonymous=env("CLAY_AWS_ANONYMOUS", "1") in ("1", "true", "yes"),
+            requester_pays=env("CLAY_REQUESTER_PAYS", "0") in ("1", "true", "yes"),
+        )
+    raise ConfigError(f"CLAY_SOURCE={kind!r} is not a known scene source; use one of: synthetic, local, cube, stac")
 
 
 def build_resources(

@@ -82,6 +82,66 @@ class SyntheticSource(SceneSourceResource):
         )
 
 
+class LocalRasterSourceResource(SceneSourceResource):
+    """A folder of GeoTIFF/COG files, one per band (or multi-band), named by ``pattern``."""
+
+    root: str
+    pattern: str = "{tile}_{date}_{band}.tif"
+    platform: str = "sentinel-2-l2a"
+    qa_band: Optional[str] = "scl"
+    band_names: Optional[list[str]] = None
+
+    def build(self) -> SceneSource:
+        from clay_core.sources.local import LocalRasterSource
+
+        return LocalRasterSource(self.root, pattern=self.pattern, platform=self.platform,
+                                 qa_band=self.qa_band, band_names=self.band_names)
+
+
+class CubeSourceResource(SceneSourceResource):
+    """An xarray-readable NetCDF/Zarr cube (x, y, time, one variable per band) for one tile.
+
+    ``path="nrt:"`` is the real Sentinel-2 L2A cube shipped by the ``nrt`` package.
+    """
+
+    path: str
+    tile: str
+    platform: str = "sentinel-2-l2a"
+    qa_var: Optional[str] = "SCL"
+
+    def build(self) -> SceneSource:
+        from clay_core.sources.cube import CubeSource
+
+        return CubeSource(self.path, self.tile, platform=self.platform, qa_var=self.qa_var)
+
+
+class StacSourceResource(SceneSourceResource):
+    """A STAC API or static catalogue (default Earth Search v1, Sentinel-2 L2A COGs on S3).
+
+    Credentials for private buckets come from the usual AWS_* variables (GDAL reads them);
+    ``aws_anonymous`` reads public buckets unsigned; ``s3_endpoint`` targets S3-compatible stores.
+    """
+
+    url: str = "https://earth-search.aws.element84.com/v1"
+    collection: Optional[str] = None
+    platform: str = "sentinel-2-l2a"
+    max_cloud: Optional[float] = None
+    selection: str = "clearest"
+    s3_endpoint: Optional[str] = None
+    aws_anonymous: bool = True
+    requester_pays: bool = False
+    timeout: float = 20.0
+
+    def build(self) -> SceneSource:
+        from clay_core.sources.stac import StacSource
+
+        return StacSource(
+            url=self.url, collection=self.collection, platform=self.platform, max_cloud=self.max_cloud,
+            selection=self.selection, s3_endpoint=self.s3_endpoint, aws_anonymous=self.aws_anonymous,
+            requester_pays=self.requester_pays, timeout=self.timeout,
+        )
+
+
 class ChipSettings(ConfigurableResource):
     """Chip geometry and filters; changing them changes every downstream partition."""
 

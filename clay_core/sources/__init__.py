@@ -3,3 +3,5 @@
 from clay_core.sources.base import SceneSource
 
 __all__ = ["SceneSource"]
+# The concrete sources import rasterio/xarray/pystac lazily through their own modules:
+# clay_core.sources.synthetic, .local, .cube, .stac.
