@@ -21,7 +21,8 @@ an exact scan whenever the index returned fewer than ``k`` rows (a selective fil
 chip's own observations eating the candidate list), so ``k`` rows come back whenever ``k``
 qualifying rows exist.  ``min_similarity`` is applied to the k nearest found (rows below it are
 dropped, never replaced by farther ones).  Session knob: ``SET clay.ef_search = 200`` (base
-``hnsw.ef_search``, default 100; filtered queries raise it by the filter's selectivity).
+``hnsw.ef_search``, default 100; filtered queries raise it to ``clay.filter_oversample`` (default
+4) x k / selectivity, the selectivity being the planner's estimate).
 ``k`` + the query chip's observations above 1000 (pgvector's ef_search limit) -> exact search.
 
 The embedded server (``database_url``/``start_embedded``) is a ``pgserver`` cluster (Postgres 16
@@ -466,6 +467,8 @@ _KNN_BODY = r"""
 DECLARE
   base_ef  integer := coalesce(nullif(current_setting('clay.ef_search', true), '')::integer,
                                {default_ef});
+  oversample double precision := coalesce(
+      nullif(current_setting('clay.filter_oversample', true), '')::float8, {filter_safety});
   filter_sql text := '';
   filtered boolean := false;
   n_excl   bigint := 0;
@@ -534,10 +537,10 @@ BEGIN
     est := greatest((plan->0->'Plan'->>'Plan Rows')::float8, 1);
     EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM clay.observations o' INTO plan;
     total := greatest((plan->0->'Plan'->>'Plan Rows')::float8, 1);
-    IF est * 1000 < {filter_safety} * k * total THEN
+    IF est * 1000 < oversample * k * total THEN
       ef := 1e9;  -- too selective for the index: exact search over the (small) filtered set
     ELSIF NOT {iterative} THEN
-      ef := greatest(ef, ceil({filter_safety} * k * total / est) + n_excl);
+      ef := greatest(ef, ceil(oversample * k * total / est) + n_excl);
     END IF;
   END IF;
 
@@ -704,6 +707,20 @@ def _pack_vectors(emb: np.ndarray) -> list[bytes]:
     buf[:, :4] = np.frombuffer(struct.pack(">HH", dim, 0), dtype=np.uint8)
     buf[:, 4:] = np.ascontiguousarray(emb, dtype=">f4").view(np.uint8).reshape(n, 4 * dim)
     return [row.tobytes() for row in buf]
+
+
+def _pg_float(v: float) -> str:
+    """float8 as Postgres prints it (shortest round-trip; 2.0 -> '2')."""
+    r = repr(float(v))
+    return r[:-2] if r.endswith(".0") else r
+
+
+def _wkt_polygons(west, south, east, north) -> list[str]:
+    out = []
+    for w, s, e, n in zip(west, south, east, north):
+        w, s, e, n = _pg_float(w), _pg_float(s), _pg_float(e), _pg_float(n)
+        out.append(f"POLYGON(({w} {s}, {e} {s}, {e} {n}, {w} {n}, {w} {s}))")
+    return out
 
 
 def _text_column(s: pd.Series, name: str, required: bool) -> list:
@@ -1112,22 +1129,26 @@ class VectorStore:
         """Hook between DELETE and INSERT of ``load_partition`` (tests inject failures here)."""
 
     def load_partition(self, partition_key: str, rows: pd.DataFrame,
-                       embeddings: np.ndarray) -> LoadStats:
+                       embeddings: np.ndarray, *, staging: bool = True) -> LoadStats:
         """Replace every row of ``partition_key`` by ``rows``/``embeddings``, atomically.
 
         Binary COPY into a temporary staging table, then DELETE the partition's rows and
         INSERT ... SELECT from staging, in one transaction: a failure anywhere leaves the
         previous rows as they were.  Zero rows empties the partition.
+
+        ``staging=False`` DELETEs and then binary-COPYs straight into clay.observations in the
+        same single transaction (same all-or-nothing guarantee, no second copy of the rows on
+        the server: about 2x less server CPU; see docs/benchmarks_vector.md).
         """
         t0 = time.perf_counter()
         values, names = _prepare_rows(partition_key, rows, embeddings, self.dim)
         n = len(values[0]) if values else 0
         self._register_types()
         col_list = ", ".join(_COLS)
-        stage_cols = ", ".join(f"{c} {t}" for c, t, _ in ROW_COLUMNS)
         stage = f"clay_stage_{self.dim}"
-        if n and not self._stage_ready:
+        if n and staging and not self._stage_ready:
             # one staging table per session, emptied at every commit/rollback
+            stage_cols = ", ".join(f"{c} {t}" for c, t, _ in ROW_COLUMNS)
             with self._errors("creating the staging table"):
                 cur = self._cursor()
                 cur.execute(
@@ -1136,14 +1157,19 @@ class VectorStore:
                 )
                 cur.execute(f"ALTER TABLE {stage} ALTER COLUMN embedding SET STORAGE PLAIN")
             self._stage_ready = True
+        types = [_TYPES[c] for c in _COLS] + [self._vector_oid]
         with self._errors(f"loading partition {partition_key!r}"), self._conn.transaction():
             cur = self._cursor()
             cur.execute("SET LOCAL lock_timeout = '60s'")
-            if n:
+            # concurrent loads of the same partition run one after the other (the second one's
+            # DELETE would not see the first one's new rows and its INSERT would collide)
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                        (_ADVISORY_LOCK & 0x7FFFFFFF, partition_key))
+            if n and staging:
                 with cur.copy(
                     f"COPY pg_temp.{stage} ({col_list}, embedding) FROM STDIN (FORMAT BINARY)"
                 ) as copy:
-                    copy.set_types([_TYPES[c] for c in _COLS] + [self._vector_oid])
+                    copy.set_types(types)
                     write = copy.write_row
                     for row in zip(*values):
                         write(row)
@@ -1151,12 +1177,24 @@ class VectorStore:
             self._before_insert(cur)
             if n:
                 try:
-                    cur.execute(
-                        f"INSERT INTO clay.observations ({col_list}, geom_wkt, embedding) "
-                        f"SELECT {col_list}, format('POLYGON((%s %s, %s %s, %s %s, %s %s, %s %s))', "
-                        "west, south, east, south, east, north, west, north, west, south), "
-                        f"embedding FROM pg_temp.{stage}"
-                    )
+                    if staging:
+                        cur.execute(
+                            f"INSERT INTO clay.observations ({col_list}, geom_wkt, embedding) "
+                            f"SELECT {col_list}, format('POLYGON((%s %s, %s %s, %s %s, %s %s, "
+                            "%s %s))', west, south, east, south, east, north, west, north, west, "
+                            f"south), embedding FROM pg_temp.{stage}"
+                        )
+                    else:
+                        wkt = _wkt_polygons(*(values[_COLS.index(c)]
+                                              for c in ("west", "south", "east", "north")))
+                        with cur.copy(
+                            f"COPY clay.observations ({col_list}, embedding, geom_wkt) "
+                            "FROM STDIN (FORMAT BINARY)"
+                        ) as copy:
+                            copy.set_types(types + ["text"])
+                            write = copy.write_row
+                            for row in zip(*values, wkt):
+                                write(row)
                 except psycopg.errors.UniqueViolation as exc:
                     raise DatabaseError(
                         f"loading partition {partition_key!r}: "

@@ -216,12 +216,13 @@ def test_redact():
 # ------------------------------------------------------------------------------------------
 
 
-def test_load_partition_and_count(db_url):
+@pytest.mark.parametrize("staging", [True, False])
+def test_load_partition_and_count(staging, db_url):
     with VectorStore(db_url, DIM) as store:
         store.ensure_schema()
         f1, f2 = chips_frame("31UFQ", DAYS[0], 25), chips_frame("31UGQ", DAYS[0], 15, seed=1)
-        s1 = store.load_partition(f"{DAYS[0]}|31UFQ", f1, random_embeddings(25, 1))
-        store.load_partition(f"{DAYS[0]}|31UGQ", f2, random_embeddings(15, 2))
+        s1 = store.load_partition(f"{DAYS[0]}|31UFQ", f1, random_embeddings(25, 1), staging=staging)
+        store.load_partition(f"{DAYS[0]}|31UGQ", f2, random_embeddings(15, 2), staging=staging)
         assert isinstance(s1, LoadStats) and s1.rows == 25 and s1.seconds > 0 and s1.rows_per_s > 0
         assert store.count() == 40
         assert store.count(partition_key=f"{DAYS[0]}|31UFQ") == 25
@@ -242,38 +243,41 @@ def test_load_partition_and_count(db_url):
                                random_embeddings(25, 1)[0], rtol=1e-6)
 
 
-def test_reload_replaces_rows_without_duplicates(db_url):
+@pytest.mark.parametrize("staging", [True, False])
+def test_reload_replaces_rows_without_duplicates(staging, db_url):
     key = f"{DAYS[0]}|31UFQ"
     with VectorStore(db_url, DIM) as store:
         store.ensure_schema()
-        store.load_partition(f"{DAYS[1]}|31UFQ", chips_frame("31UFQ", DAYS[1], 10), random_embeddings(10, 9))
+        store.load_partition(f"{DAYS[1]}|31UFQ", chips_frame("31UFQ", DAYS[1], 10),
+                             random_embeddings(10, 9), staging=staging)
         f = chips_frame("31UFQ", DAYS[0], 30)
-        store.load_partition(key, f, random_embeddings(30, 1))
-        store.load_partition(key, f, random_embeddings(30, 1))
+        store.load_partition(key, f, random_embeddings(30, 1), staging=staging)
+        store.load_partition(key, f, random_embeddings(30, 1), staging=staging)
         assert store.count(partition_key=key) == 30
         # new values, fewer chips: the partition holds exactly the new rows
         g = f.head(20).copy()
         g["change_score"] = 42.0
         new_emb = random_embeddings(20, 2)
-        store.load_partition(key, g, new_emb)
+        store.load_partition(key, g, new_emb, staging=staging)
         assert store.count(partition_key=key) == 20 and store.count() == 30
         frame, emb = store.embeddings(g["chip_id"].tolist())
         frame = frame[frame["acquired"] == DAYS[0]]
         np.testing.assert_allclose(emb[frame.index], new_emb[np.argsort(g["chip_id"].to_numpy())])
         # zero rows empties the partition and leaves the others alone
-        stats = store.load_partition(key, g.iloc[:0], np.zeros((0, DIM), np.float32))
+        stats = store.load_partition(key, g.iloc[:0], np.zeros((0, DIM), np.float32), staging=staging)
         assert stats.rows == 0 and store.count(partition_key=key) == 0 and store.count() == 10
-        store.load_partition(key, pd.DataFrame(), np.zeros((0, DIM), np.float32))
+        store.load_partition(key, pd.DataFrame(), np.zeros((0, DIM), np.float32), staging=staging)
         assert store.count() == 10
     assert sql_rows(db_url, "SELECT count(*) FROM clay.chips WHERE change_score = 42")[0][0] == 0
 
 
-def test_failure_between_delete_and_insert_keeps_old_rows(db_url, monkeypatch):
+@pytest.mark.parametrize("staging", [True, False])
+def test_failure_between_delete_and_insert_keeps_old_rows(staging, db_url, monkeypatch):
     key = f"{DAYS[0]}|31UFQ"
     with VectorStore(db_url, DIM) as store:
         store.ensure_schema()
         old = chips_frame("31UFQ", DAYS[0], 12)
-        store.load_partition(key, old, random_embeddings(12, 1))
+        store.load_partition(key, old, random_embeddings(12, 1), staging=staging)
 
         def boom(self, cur):
             # the partition's rows are deleted inside the transaction at this point
@@ -285,38 +289,39 @@ def test_failure_between_delete_and_insert_keeps_old_rows(db_url, monkeypatch):
         new = chips_frame("31UFQ", DAYS[0], 30)
         new["change_score"] = -1.0
         with pytest.raises(RuntimeError, match="injected"):
-            store.load_partition(key, new, random_embeddings(30, 2))
+            store.load_partition(key, new, random_embeddings(30, 2), staging=staging)
         monkeypatch.undo()
         assert store.count(partition_key=key) == 12
         assert store.count() == 12
         # the store is usable afterwards
-        store.load_partition(key, new, random_embeddings(30, 2))
+        store.load_partition(key, new, random_embeddings(30, 2), staging=staging)
         assert store.count(partition_key=key) == 30
 
 
-def test_failure_inside_insert_keeps_old_rows(db_url):
+@pytest.mark.parametrize("staging", [True, False])
+def test_failure_inside_insert_keeps_old_rows(staging, db_url):
     key0, key1 = f"{DAYS[0]}|31UFQ", f"{DAYS[1]}|31UFQ"
     with VectorStore(db_url, DIM) as store:
         store.ensure_schema()
-        store.load_partition(key0, chips_frame("31UFQ", DAYS[0], 8), random_embeddings(8, 1))
-        store.load_partition(key1, chips_frame("31UFQ", DAYS[1], 8), random_embeddings(8, 2))
+        store.load_partition(key0, chips_frame("31UFQ", DAYS[0], 8), random_embeddings(8, 1), staging=staging)
+        store.load_partition(key1, chips_frame("31UFQ", DAYS[1], 8), random_embeddings(8, 2), staging=staging)
         # the new rows of key1 claim an observation that belongs to key0: the INSERT fails
         bad = chips_frame("31UFQ", DAYS[1], 20)
         bad.loc[3, "acquired"] = DAYS[0]  # 31UFQ_r00c03 on DAYS[0] is key0's
         with pytest.raises(DatabaseError, match="already"):
-            store.load_partition(key1, bad, random_embeddings(20, 3))
+            store.load_partition(key1, bad, random_embeddings(20, 3), staging=staging)
         assert store.count(partition_key=key1) == 8 and store.count(partition_key=key0) == 8
         # bad input is refused before anything is sent
         dup = pd.concat([bad.head(3), bad.head(1)], ignore_index=True)
         with pytest.raises(ConfigError, match="sharing"):
-            store.load_partition(key1, dup, random_embeddings(4, 4))
+            store.load_partition(key1, dup, random_embeddings(4, 4), staging=staging)
         wrong_key = chips_frame("31UFQ", DAYS[1], 3)
         with pytest.raises(ConfigError, match="partition_key"):
-            store.load_partition(key0, wrong_key, random_embeddings(3, 4))
+            store.load_partition(key0, wrong_key, random_embeddings(3, 4), staging=staging)
         zero = random_embeddings(3, 4)
         zero[1] = 0
         with pytest.raises(ConfigError, match="zero or not finite"):
-            store.load_partition(key1, chips_frame("31UFQ", DAYS[1], 3), zero)
+            store.load_partition(key1, chips_frame("31UFQ", DAYS[1], 3), zero, staging=staging)
         assert store.count() == 16
 
 
@@ -558,3 +563,34 @@ def test_database_url_prefers_env_else_embedded(tmp_path, monkeypatch):
     finally:
         assert cdb.stop_embedded(home / "pg")
     assert not cdb.stop_embedded(home / "pg")
+
+
+def test_concurrent_schema_creation_and_loads_of_one_partition(db_url):
+    """Several processes/threads (Dagster runs partitions in parallel) may create the schema and
+    load the same partition at once: no errors, no duplicates, one complete version wins."""
+    import threading
+
+    key = f"{DAYS[0]}|31UFQ"
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def worker(seed: int) -> None:
+        try:
+            with VectorStore(db_url, DIM) as store:
+                barrier.wait()
+                store.ensure_schema()
+                for i in range(4):
+                    store.load_partition(key, chips_frame("31UFQ", DAYS[0], 30),
+                                         random_embeddings(30, seed + i), staging=bool(i % 2))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(100 * s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with VectorStore(db_url, DIM) as store:
+        assert store.count() == 30 and store.count(partition_key=key) == 30
+        assert store.schema_version() == max(v for v, _, _ in cdb.MIGRATIONS)
