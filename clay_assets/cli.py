@@ -136,19 +136,61 @@ def _print_demo_results(resources, tiles, windows) -> None:
         print(report.table())
 
 
+def _parse_date(value: str | None, flag: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise SystemExit(f"clay-assets: error: {flag} {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def run_search(store, args: argparse.Namespace):
+    """(query description, results with geometry and thumbnails) for the search arguments."""
+    from clay_core.errors import ConfigError
+
+    tiles = [t.strip().upper() for t in args.tiles.split(",")] if args.tiles else None
+    bbox = [float(v) for v in args.bbox.split(",")] if args.bbox else None
+    if bbox is not None and len(bbox) != 4:
+        raise ConfigError("--bbox takes west,south,east,north in degrees")
+    filters = dict(tiles=tiles, date_from=_parse_date(args.date_from, "--from"),
+                   date_to=_parse_date(args.date_to, "--to"), bbox=bbox)
+    on = _parse_date(args.date, "--date")
+    if args.chips:
+        ids = [c.strip() for c in args.chips.split(",") if c.strip()]
+        res = store.similar_to_chips(ids, k=args.k, min_similarity=args.min_similarity, **filters)
+        query = {"chips": ids}
+    else:
+        chip = args.chip
+        if chip is None:
+            if args.lat is None or args.lon is None:
+                raise ConfigError("give --chip ID, --chips A,B,C, or --lat and --lon")
+            chip = store.chip_at(args.lon, args.lat, on)
+            if chip is None:
+                raise ConfigError(f"no stored chip covers lat {args.lat}, lon {args.lon}"
+                                  + (f" on {on}" if on else "") + "; check the coordinates or materialize that area")
+        res = store.similar_chips_filtered(chip, k=args.k, min_similarity=args.min_similarity, acquired=on, **filters)
+        query = {"chip": chip, "acquired": str(on) if on else "latest"}
+    query.update({k: v if isinstance(v, list) or v is None else str(v) for k, v in filters.items()})
+    return query, store.describe(res)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from clay_core.db import database_url
+    from clay_core.search import write_geojson
 
     store = _query_store(database_url(_home()))
     try:
-        acquired = date.fromisoformat(args.date) if args.date else None
-        res = store.similar_chips(args.chip, k=args.k, min_similarity=args.min_similarity, acquired=acquired)
+        query, res = run_search(store, args)
     finally:
         store.close()
+    print(f"query: {query}")
     if res.empty:
         print("no results")
     for r in res.itertuples():
-        print(f"{r.chip_id}\t{r.tile}\t{r.acquired}\t{r.similarity:.4f}")
+        print(f"{r.chip_id}\t{r.tile}\t{r.acquired}\t{r.similarity:.4f}\t{r.thumbnail_uri}")
+    if args.geojson:
+        print(f"wrote {write_geojson(res, args.geojson, query)}")
     return 0
 
 
@@ -173,11 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--windows", type=int, default=8, help="weekly windows from CLAY_START (default 8)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(fn=cmd_demo)
-    s = sub.add_parser("search", help="similarity search by chip id")
-    s.add_argument("--chip", required=True, help="chip id, e.g. 31UFU_r002c000")
+    s = sub.add_parser("search", help="similarity search by chip id, location or several reference chips")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--chip", help="chip id, e.g. 31UFU_r002c000")
+    q.add_argument("--chips", help="comma-separated chip ids: search with the mean of their embeddings")
+    q.add_argument("--lat", type=float, help="latitude of the query point (with --lon)")
+    s.add_argument("--lon", type=float, help="longitude of the query point")
+    s.add_argument("--date", help="use the query chip's observation on this date (default: latest)")
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--min-similarity", type=float, default=0.0)
-    s.add_argument("--date", help="use the chip's observation on this date (default: latest)")
+    s.add_argument("--tiles", help="only these tiles, comma-separated")
+    s.add_argument("--from", dest="date_from", help="only observations on or after this date")
+    s.add_argument("--to", dest="date_to", help="only observations on or before this date")
+    s.add_argument("--bbox", help="only chips intersecting west,south,east,north (degrees)")
+    s.add_argument("--geojson", help="also write the results as GeoJSON to this file")
     s.set_defaults(fn=cmd_search)
     r = sub.add_parser("report", help="score change flags against the synthetic truth")
     r.add_argument("--windows", type=int, default=8)

@@ -1352,6 +1352,37 @@ class VectorStore:
             ef_search,
         )
 
+    def chip_at(self, lon: float, lat: float, acquired: date | None = None) -> str | None:
+        """Id of the chip whose WGS84 bounds contain (lon, lat): observed on ``acquired`` if
+        given, else the latest observation; None when no stored chip covers the point."""
+        with self._errors("looking up the chip at a point"):
+            cur = self._cursor()
+            cur.execute(
+                "SELECT chip_id FROM clay.observations WHERE west <= %s AND %s <= east "
+                "AND south <= %s AND %s <= north AND (%s::date IS NULL OR acquired = %s::date) "
+                "ORDER BY acquired DESC, chip_id LIMIT 1",
+                (float(lon), float(lon), float(lat), float(lat), acquired, acquired),
+            )
+            row = cur.fetchone()
+            return None if row is None else str(row[0])
+
+    def describe(self, results: pd.DataFrame) -> pd.DataFrame:
+        """``results`` (chip_id, acquired, ...) joined with each observation's geometry (WKT),
+        centre, cloud fraction, thumbnail and cube URIs, in the same order."""
+        if results.empty:
+            return results.assign(geom_wkt=[], lon=[], lat=[], cloud_fraction=[], thumbnail_uri=[], cube_uri=[])
+        with self._errors("describing search results"):
+            cur = self._cursor()
+            cur.execute(
+                "SELECT o.chip_id, o.acquired, o.geom_wkt, o.lon, o.lat, o.cloud_fraction, o.thumbnail_uri, o.cube_uri "
+                "FROM clay.observations o JOIN unnest(%s::text[], %s::date[]) AS q(chip_id, acquired) "
+                "USING (chip_id, acquired)",
+                (results["chip_id"].astype(str).tolist(), list(results["acquired"])),
+            )
+            extra = pd.DataFrame(cur.fetchall(), columns=["chip_id", "acquired", "geom_wkt", "lon", "lat",
+                                                          "cloud_fraction", "thumbnail_uri", "cube_uri"])
+        return results.merge(extra, on=["chip_id", "acquired"], how="left")
+
     # -- roles ------------------------------------------------------------------------------
 
     def create_reader_role(self, name: str = "clay_reader", password: str | None = None) -> str:

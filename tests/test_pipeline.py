@@ -194,3 +194,62 @@ def test_definitions_validate():
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _cli(monkeypatch, capsys, graph, *argv) -> tuple[int, str, str]:
+    from clay_assets import cli
+
+    monkeypatch.setenv("DATABASE_URL", graph["pg_url"])
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_search_by_chip_writes_geojson_with_thumbnails(graph, monkeypatch, capsys, tmp_path):
+    import json as _json
+
+    query = "31UFU_r002c000"
+    code, out, _ = _cli(monkeypatch, capsys, graph, "search", "--chip", query, "--k", "5", "--geojson", str(tmp_path / "r.geojson"))
+    assert code == 0
+    fc = _json.loads((tmp_path / "r.geojson").read_text())
+    feats = fc["features"]
+    assert len(feats) == 5 and fc["query"]["chip"] == query
+    sims = [f["properties"]["similarity"] for f in feats]
+    assert sims == sorted(sims, reverse=True)
+    for f in feats:
+        assert f["properties"]["chip_id"] != query
+        assert Path(f["properties"]["thumbnail"]).is_file()
+        ring = f["geometry"]["coordinates"][0]
+        assert len(ring) == 5 and f["geometry"]["type"] == "Polygon"
+    # same ranking as the SQL function
+    rows = _db_rows(graph["pg_url"], "SELECT chip_id FROM clay.similar_chips(%s, 5)", query)
+    assert [f["properties"]["chip_id"] for f in feats] == [r[0] for r in rows]
+
+
+def test_cli_search_by_location_and_filters(graph, monkeypatch, capsys):
+    (lon, lat) = _db_rows(graph["pg_url"], "SELECT lon, lat FROM clay.chips WHERE chip_id = '32UNB_r001c002' LIMIT 1")[0]
+    code, out, _ = _cli(monkeypatch, capsys, graph, "search", "--lat", str(lat), "--lon", str(lon), "--k", "4",
+                        "--tiles", "31UFU", "--from", "2024-01-29")
+    assert code == 0
+    assert "'chip': '32UNB_r001c002'" in out
+    lines = [l for l in out.splitlines() if l.startswith(("31UFU", "32UNB"))]
+    assert len(lines) == 4
+    assert all(l.split("\t")[1] == "31UFU" and l.split("\t")[2] >= "2024-01-29" for l in lines)
+
+
+def test_cli_and_sql_resist_injection(graph, monkeypatch, capsys):
+    before = _db_rows(graph["pg_url"], "SELECT count(*) FROM clay.chips")[0][0]
+    evil = "x'); DROP TABLE clay.observations; --"
+    code, _, err = _cli(monkeypatch, capsys, graph, "search", "--chip", evil)
+    assert code == 2 and "not found" in err
+    code, out, _ = _cli(monkeypatch, capsys, graph, "search", "--chip", "31UFU_r002c000", "--tiles", evil)
+    assert code == 0 and "no results" in out
+    code, _, err = _cli(monkeypatch, capsys, graph, "search", "--chips", f"31UFU_r002c000,{evil}")
+    assert _db_rows(graph["pg_url"], "SELECT count(*) FROM clay.chips")[0][0] == before
+
+
+def test_cli_db_url_is_connectable(graph, monkeypatch, capsys):
+    code, out, _ = _cli(monkeypatch, capsys, graph, "db-url")
+    assert code == 0
+    with psycopg.connect(out.strip()) as conn:
+        assert conn.execute("SELECT count(*) FROM clay.chips").fetchone()[0] > 0
