@@ -17,7 +17,7 @@ from pathlib import Path
 
 CHIPPER_LOGIC = "chips-1"
 ENCODER_LOGIC = "embed-1"
-CHANGE_LOGIC = "change-2"
+CHANGE_LOGIC = "change-3"
 
 
 def digest(payload: object, n: int = 12) -> str:

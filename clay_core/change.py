@@ -134,3 +134,50 @@ def score_partition(current: Observations, history: Observations, project, param
         df.loc[post, "change_score"] = z
         df.loc[post, "change_flag"] = (z > params.z_threshold) & (d > floor)
     return df[COLUMNS]
+
+
+# -- persistent change events (CCDC-style), carried from window to window --------------------
+
+
+@dataclass
+class EventTracking:
+    """Per-chip detector states after one window, and what this window added."""
+
+    states: dict[str, dict]  # chip_id -> ChangeState.to_dict()
+    events: pd.DataFrame  # events confirmed by this window's observations
+    scores: pd.DataFrame  # chip_id, datetime, detector_score, detector_exceeds, in_baseline
+
+
+EVENT_COLUMNS = ["chip_id", "first_date", "confirmed_date", "magnitude", "signals", "n_obs_baseline"]
+
+
+def advance_events(states: dict[str, dict], obs: Observations, values: np.ndarray, detector_params: dict) -> EventTracking:
+    """Feed one window's observations (oldest first) to each chip's detector state.
+
+    ``values`` are the series the detector watches (row-aligned with ``obs``; the first
+    principal components in the pipeline). States round-trip through JSON, so processing
+    windows one at a time gives the events a whole-series ``detect_changes`` would
+    (``tests/test_change_pipeline.py`` checks it on the pipeline's own data).
+    """
+    from clay_core.changepoint import ChangeState, update
+
+    new_states = dict(states)
+    events, scores = [], []
+    for i in np.argsort(obs.datetime, kind="stable"):
+        cid = str(obs.chip_id[i])
+        state = ChangeState.from_dict(new_states[cid]) if cid in new_states else None
+        if state is None:
+            state, new, sc = update(None, pd.Timestamp(obs.datetime[i]).to_pydatetime(), values[i], True, **detector_params)
+        else:
+            state, new, sc = update(state, pd.Timestamp(obs.datetime[i]).to_pydatetime(), values[i], True)
+        new_states[cid] = state.to_dict()
+        for e in new:
+            events.append((cid, e.first_date.date(), e.confirmed_date.date(), float(e.magnitude), list(e.signals),
+                           int(e.n_obs_baseline)))
+        scores.append((cid, obs.datetime[i], float(sc.score) if sc.score is not None else np.nan, bool(sc.exceeds),
+                       bool(sc.in_baseline)))
+    return EventTracking(
+        new_states,
+        pd.DataFrame(events, columns=EVENT_COLUMNS),
+        pd.DataFrame(scores, columns=["chip_id", "datetime", "detector_score", "detector_exceeds", "detector_in_baseline"]),
+    )

@@ -448,9 +448,31 @@ def _migration_2(dim: int, m: int, ef_construction: int, create_index: bool) -> 
     ]
 
 
+def _migration_3(dim: int, m: int, ef_construction: int, create_index: bool) -> list[str]:
+    """Dated change events (one row per confirmed change of a chip)."""
+    return [
+        """CREATE TABLE clay.change_events (
+  partition_key text NOT NULL,
+  chip_id text NOT NULL,
+  tile text NOT NULL,
+  first_date date NOT NULL,
+  confirmed_date date NOT NULL,
+  magnitude float8 NOT NULL,
+  signals text[] NOT NULL,
+  n_obs_baseline integer,
+  PRIMARY KEY (chip_id, first_date)
+)""",
+        "CREATE INDEX change_events_partition_idx ON clay.change_events (partition_key)",
+        "CREATE INDEX change_events_tile_date_idx ON clay.change_events (tile, confirmed_date)",
+        "COMMENT ON TABLE clay.change_events IS 'Confirmed changes: first_date = first exceeding "
+        "observation, confirmed_date = the k-th; partition_key = the window that confirmed it'",
+    ]
+
+
 MIGRATIONS = [
     (1, "clay.observations, clay.chips view, HNSW cosine index", _migration_1),
     (2, "indexes for filtered search (acquired, bounds box)", _migration_2),
+    (3, "clay.change_events", _migration_3),
 ]
 
 
@@ -1351,6 +1373,32 @@ class VectorStore:
              _opt_list(bbox, float)),
             ef_search,
         )
+
+    def load_change_events(self, partition_key: str, events: pd.DataFrame) -> int:
+        """Replace the events confirmed in ``partition_key`` in one transaction.
+
+        ``events`` columns: chip_id, tile, first_date, confirmed_date, magnitude, signals
+        (list of str), n_obs_baseline.
+        """
+        cols = ["chip_id", "tile", "first_date", "confirmed_date", "magnitude", "signals", "n_obs_baseline"]
+        rows = [] if events.empty else [
+            (str(r.chip_id), str(r.tile), r.first_date, r.confirmed_date, float(r.magnitude),
+             [str(x) for x in r.signals], None if r.n_obs_baseline is None else int(r.n_obs_baseline))
+            for r in events[cols].itertuples(index=False)
+        ]
+        with self._errors(f"loading change events of {partition_key}"), self._conn.transaction():
+            cur = self._cursor()
+            cur.execute("DELETE FROM clay.change_events WHERE partition_key = %s", (partition_key,))
+            if rows:
+                cur.executemany(
+                    "INSERT INTO clay.change_events (partition_key, chip_id, tile, first_date, confirmed_date, "
+                    "magnitude, signals, n_obs_baseline) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (chip_id, first_date) DO UPDATE SET partition_key = EXCLUDED.partition_key, "
+                    "confirmed_date = EXCLUDED.confirmed_date, magnitude = EXCLUDED.magnitude, "
+                    "signals = EXCLUDED.signals, n_obs_baseline = EXCLUDED.n_obs_baseline",
+                    [(partition_key, *r) for r in rows],
+                )
+        return len(rows)
 
     def chip_at(self, lon: float, lat: float, acquired: date | None = None) -> str | None:
         """Id of the chip whose WGS84 bounds contain (lon, lat): observed on ``acquired`` if

@@ -24,3 +24,30 @@ def intensity_map(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, flag: n
         if f:
             block[:2], block[-2:], block[:, :2], block[:, -2:] = 255, 255, 255, 255
     return png_bytes(img)
+
+
+def series_plot(dates, values, flags, title: str, fit_dates=None, fit_values=None) -> bytes:
+    """PC1 of one chip over time: observations, flagged ones in red, the harmonic baseline."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 2.2), dpi=80)
+    ax.plot(dates, values, "o-", color="#2a6", ms=3, lw=1, label="PC1")
+    flags = np.asarray(flags, bool)
+    if flags.any():
+        ax.plot(np.asarray(dates)[flags], np.asarray(values)[flags], "o", color="#d22", ms=5, label="flagged")
+    if fit_dates is not None and len(fit_dates):
+        ax.plot(fit_dates, fit_values, "--", color="#555", lw=1, label="baseline")
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=6, loc="best")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -3,7 +3,8 @@
 Loads the partition's chips (WGS84 bounds and centre, native CRS, cloud/nodata fractions,
 thumbnail and cube locations), class-token embeddings and change scores into ``clay.chips``.
 The partition's previous rows are replaced in one transaction, so re-running never
-duplicates and a failed load leaves the old rows. Query with ``clay.similar_chips``.
+duplicates and a failed load leaves the old rows. Change events confirmed in the window go to
+``clay.change_events`` the same way. Query with ``clay.similar_chips``.
 """
 
 
@@ -91,6 +92,9 @@ def vectors(context: AssetExecutionContext, home: ClayHome, model: ClayModel, ve
         stats = store.load_partition(f"{window}|{tile}", rows, emb)
         total = store.count(partition_key=f"{window}|{tile}")
         duplicates = store.duplicate_observations()
+        events_path = home.layout.partition("change", tile, window) / "events.parquet"
+        events = pd.read_parquet(events_path) if events_path.is_file() else pd.DataFrame()
+        n_events = store.load_change_events(f"{window}|{tile}", events)
     finally:
         store.close()
     checks = [
@@ -106,6 +110,7 @@ def vectors(context: AssetExecutionContext, home: ClayHome, model: ClayModel, ve
             "rows": stats.rows,
             "dagster/row_count": total,
             "rows_per_s": round(stats.rows_per_s, 1),
+            "change_events": n_events,
             "database": redact(url),
             "table": "clay.chips",
             "query": MetadataValue.md(
