@@ -470,15 +470,20 @@ def test_cosine_distance_helpers():
 
 
 # --------------------------------------------------------------------------------------
-# onset check (an undetected cloud just before a change)
+# run consistency check (unflagged outliers: undetected clouds, haze)
 
 
-def test_onset_check_drops_an_outlier_pointing_away_just_before_a_step():
-    dates = make_dates(n_years=3, seed=37)
-    y = seasonal(dates, n_features=3, seed=38)
-    s = first_index_after(dates, 1.5)
+def _step3(dates, s, seed):
+    y = seasonal(dates, n_features=3, seed=seed)
     y[s:, 0] += 0.5
     y[s:, 1] -= 0.4
+    return y
+
+
+def test_consistency_check_drops_an_outlier_pointing_away_just_before_a_step():
+    dates = make_dates(n_years=3, seed=37)
+    s = first_index_after(dates, 1.5)
+    y = _step3(dates, s, 38)
     y[s - 1] += [-0.6, 0.5, 0.4]  # exceeds too, but points elsewhere (cloud-like)
     assert run_series(dates, y)[2][s - 1].exceeds
     e = detect_changes(dates, y)
@@ -487,32 +492,52 @@ def test_onset_check_drops_an_outlier_pointing_away_just_before_a_step():
     df = score_series(dates, y)
     assert df["change_flag"].to_numpy().nonzero()[0].tolist() == [s, s + 1, s + 2]
     # check disabled: the outlier starts the run, the change is dated one observation early
-    off = detect_changes(dates, y, onset_min_cosine=-1.0)
+    off = detect_changes(dates, y, min_run_cosine=-1.0)
     assert (off[0].first_index, off[0].confirmed_index) == (s - 1, s + 1)
     # an outlier pointing the same way as the change cannot be told from its onset
-    y2 = seasonal(dates, n_features=3, seed=38)
-    y2[s:, 0] += 0.5
-    y2[s:, 1] -= 0.4
+    y2 = _step3(dates, s, 38)
     y2[s - 1] += [0.3, -0.2, 0.0]
     assert detect_changes(dates, y2)[0].first_index == s - 1
     # incremental with JSON round trips gives the same event
     state = None
     events = []
-    for i, (d, v) in enumerate(zip(dates, y)):
+    for d, v in zip(dates, y):
         state, new, _ = update(state, d, v)
         events.extend(new)
         state = ChangeState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert events == e
 
 
-def test_onset_check_univariate_uses_the_sign():
+def test_consistency_check_skips_an_outlier_inside_a_run():
+    dates = make_dates(n_years=3, seed=41)
+    s = first_index_after(dates, 1.5)
+    y = _step3(dates, s, 42)
+    y[s + 1] += [-0.9, 0.9, 0.6]  # cloud inside the run: departs the other way
+    e = detect_changes(dates, y)
+    assert len(e) == 1
+    assert (e[0].first_index, e[0].confirmed_index) == (s, s + 3)
+    assert detect_changes(dates, y, min_run_cosine=-1.0)[0].confirmed_index == s + 2
+
+
+def test_three_unrelated_outliers_in_a_row_do_not_fire():
+    dates = make_dates(n_years=3, seed=43)
+    y = seasonal(dates, n_features=3, seed=44)
+    a = first_index_after(dates, 1.5)
+    y[a : a + 3] += 0.6 * np.eye(3)  # haze, cloud, shadow: each exceeds, each its own way
+    scores = run_series(dates, y)[2]
+    assert all(scores[i].exceeds for i in range(a, a + 3))
+    assert detect_changes(dates, y) == []
+    assert len(detect_changes(dates, y, min_run_cosine=-1.0)) == 1  # control
+
+
+def test_consistency_check_univariate_uses_the_sign():
     dates = make_dates(n_years=3, seed=39)
     y = seasonal(dates, seed=40)
     s = first_index_after(dates, 1.6)
     y[s:] -= 0.5
-    y[s - 1] += 0.4  # opposite sign: dropped
+    y[s - 1] += 0.4  # opposite sign: removed
     assert detect_changes(dates, y)[0].first_index == s
     y[s - 1] -= 0.8  # now same sign (-0.4): it is the onset
     assert detect_changes(dates, y)[0].first_index == s - 1
     with pytest.raises(ValueError):
-        ChangeParams(onset_min_cosine=1.5)
+        ChangeParams(min_run_cosine=1.5)
