@@ -22,3 +22,32 @@ def small_resources(home: Path, pg_url: str, source: SyntheticSource | None = No
     model = ClayModel(preset="tiny", device="cpu", batch_size=8, **model_kw)
     return build_resources(home=home, source=source or small_source(), chip_size=chip_size, model=model,
                            database_url=pg_url)
+
+
+class _Damaged:
+    """Wraps a synthetic source: ``corrupt`` raises like a truncated raster, ``nodata`` returns an
+    all-nodata scene (SCL 0, pixels 0)."""
+
+    def __init__(self, inner, mode: str):
+        self.inner, self.mode = inner, mode
+        self.platform = inner.platform
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def load_scene(self, ref, bands):
+        from clay_core.errors import SceneError
+
+        scene = self.inner.load_scene(ref, bands)
+        if self.mode == "corrupt":
+            raise SceneError(f"scene {ref.scene_id}: band file is truncated (TIFFReadEncodedTile failed)")
+        scene.data[:] = 0
+        scene.qa[:] = 0
+        return scene
+
+
+class DamagedSource(SyntheticSource):
+    mode: str = "corrupt"
+
+    def build(self):
+        return _Damaged(super().build(), self.mode)

@@ -112,3 +112,33 @@ def test_unreachable_database_names_server_without_password(tmp_path, pg_url, in
         from clay_core.db import VectorStore
 
         VectorStore("postgresql://clay:s3cretpw@127.0.0.1:1/vectors", 8)
+
+
+def test_corrupt_scene_fails_and_keeps_the_previous_cube(tmp_path, pg_url, instance):
+    from clay_core.chips import open_cube
+    from pipeline_helpers import DamagedSource
+
+    key = make_key("31UFU", "2024-01-01")
+    good = small_resources(tmp_path / "clay", pg_url)
+    assert materialize(ALL_ASSETS, selection=PER_SCENE_UPSTREAM, partition_key=key, resources=good, instance=instance).success
+    part = good["home"].layout.partition("chips", "31UFU", "2024-01-01")
+    before = open_cube(part / "cube.zarr")["pixels"].values.copy()
+
+    bad = small_resources(tmp_path / "clay", pg_url, source=DamagedSource(**small_source().model_dump(), mode="corrupt"))
+    r = materialize(ALL_ASSETS, selection=["chip_cubes"], partition_key=key, resources=bad, instance=instance,
+                    raise_on_error=False)
+    assert not r.success
+    assert "truncated" in str(r.get_step_failure_events()[0].event_specific_data.error)
+    # the previous cube is untouched and no temporary directory is left behind
+    assert (open_cube(part / "cube.zarr")["pixels"].values == before).all()
+    assert sorted(p.name for p in part.parent.iterdir()) == ["2024-01-01"]
+
+
+def test_all_nodata_scene_is_an_empty_partition(tmp_path, pg_url, instance):
+    from pipeline_helpers import DamagedSource
+
+    key = make_key("31UFU", "2024-01-01")
+    res = small_resources(tmp_path / "clay", pg_url, source=DamagedSource(**small_source().model_dump(), mode="nodata"))
+    assert materialize(ALL_ASSETS, selection=PER_SCENE_UPSTREAM, partition_key=key, resources=res, instance=instance).success
+    m = read_manifest(res["home"].layout.partition("chips", "31UFU", "2024-01-01"))
+    assert m["chips"] == 0 and m["dropped"]["nodata"] == 16
