@@ -16,7 +16,7 @@ os.environ.setdefault("CLAY_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / 
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
+def pg_server() -> str:
     """A real Postgres with pgvector: $DATABASE_URL when set, else embedded pgserver in a temp dir.
 
     The data directory sits directly under the system temp dir: pgserver runs postgres as an
@@ -35,3 +35,19 @@ def pg_url() -> str:
     yield start_embedded(base / "pg")
     stop_embedded(base / "pg")
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pg_url(pg_server, request) -> str:
+    """A fresh database per test module on the session's server, so modules never see each
+    other's rows (pgvector is created in it by the code under test)."""
+    import re
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = "t_" + re.sub(r"\W", "_", request.module.__name__.rsplit(".", 1)[-1]).lower()[:50]
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(urlsplit(pg_server)._replace(path=f"/{name}"))
