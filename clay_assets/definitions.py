@@ -17,6 +17,7 @@ from clay_assets import settings
 from clay_assets.assets.change_scores import change_scores
 from clay_assets.assets.chip_cubes import chip_cubes
 from clay_assets.assets.embeddings import embeddings
+from clay_assets.assets.finetune import FINETUNE_ASSETS, FINETUNE_RESOURCES, head_model, head_predictions
 from clay_assets.assets.pca import pca
 from clay_assets.assets.raw_scenes import raw_scenes
 from clay_assets.assets.vectors import vectors
@@ -36,7 +37,7 @@ from clay_assets.resources import (
 )
 from clay_core.errors import ConfigError
 
-ALL_ASSETS = [raw_scenes, chip_cubes, embeddings, pca, change_scores, vectors]
+ALL_ASSETS = [raw_scenes, chip_cubes, embeddings, pca, change_scores, vectors, *FINETUNE_ASSETS]
 PER_SCENE_UPSTREAM = [raw_scenes, chip_cubes, embeddings]
 PER_SCENE_DOWNSTREAM = [change_scores, vectors]
 
@@ -105,6 +106,7 @@ def build_resources(
         ),
         "vectordb": VectorDB(database_url=database_url or os.environ.get("DATABASE_URL") or None, clay_home=root),
         "change_settings": ChangeSettings(),
+        **FINETUNE_RESOURCES,
     }
 
 
@@ -117,11 +119,16 @@ serving_job = define_asset_job(
     description="Per tile x window: change scores and pgvector rows (run after `pca`).",
 )
 pca_job = define_asset_job("refit_pca", AssetSelection.assets(pca), description="Fit a new PCA basis version.")
+finetune_job = define_asset_job("train_head", AssetSelection.assets(head_model),
+                                description="Train the task head on every materialized chip partition.")
+predictions_job = define_asset_job("head_predictions", AssetSelection.assets(head_predictions),
+                                   partitions_def=scene_partitions,
+                                   description="Per tile x window: class maps and clay.class_areas.")
 
 defs = Definitions(
     assets=ALL_ASSETS,
     resources=build_resources(),
-    jobs=[scenes_job, serving_job, pca_job, incremental_job],
+    jobs=[scenes_job, serving_job, pca_job, incremental_job, finetune_job, predictions_job],
     sensors=[new_scenes_sensor],
     schedules=[newest_window_schedule],
     # Steps of one run in parallel processes, bounded: a 2-core laptop should not thrash.

@@ -30,7 +30,7 @@ TILES = ["31UFU", "32UNB"]
 WINDOWS = ["2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22"]
 FLAKY = "31UFU|2024-01-08"
 ARTIFACTS = ROOT / "test-artifacts"
-ALL = ["raw_scenes", "chip_cubes", "embeddings", "pca", "change_scores", "vectors"]
+ALL = ["raw_scenes", "chip_cubes", "embeddings", "pca", "change_scores", "vectors", "head_model", "head_predictions"]
 BACKFILLED = ["raw_scenes", "chip_cubes", "embeddings"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
