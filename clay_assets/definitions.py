@@ -121,7 +121,7 @@ serving_job = define_asset_job(
 pca_job = define_asset_job("refit_pca", AssetSelection.assets(pca), description="Fit a new PCA basis version.")
 finetune_job = define_asset_job("train_head", AssetSelection.assets(head_model),
                                 description="Train the task head on every materialized chip partition.")
-predictions_job = define_asset_job("head_predictions", AssetSelection.assets(head_predictions),
+predictions_job = define_asset_job("predict_with_head", AssetSelection.assets(head_predictions),
                                    partitions_def=scene_partitions,
                                    description="Per tile x window: class maps and clay.class_areas.")
 

@@ -29,7 +29,7 @@ from clay_assets.metadata import histogram_md, image_md
 from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ChipSettings, ClayHome, SceneSourceResource
 from clay_assets.versions import chips_code_version, digest
-from clay_core.chips import ChipSet, chip_scene, mosaic, png_bytes, rgb_image, thumb_name, to_dataset, write_cube, write_index
+from clay_core.chips import ChipSet, chip_source_scene, mosaic, png_bytes, rgb_image, thumb_name, to_dataset, write_cube, write_index
 from clay_core.store import atomic_dir, read_manifest, write_manifest
 from clay_core.types import SceneRef
 
@@ -58,8 +58,8 @@ def chip_cubes(
     sets = []
     for s in raw["scenes"]:
         ref = SceneRef(s["scene_id"], s["tile"], s["platform"], datetime.fromisoformat(s["datetime"]), s["hrefs"], s["cloud_cover"])
-        scene = src.load_scene(ref, list(source.bands))
-        cs = chip_scene(scene, params)
+        # Streams chip rows straight from the files for local rasters; loads the scene otherwise.
+        cs = chip_source_scene(src, ref, list(source.bands), params)
         context.log.info(f"{ref.scene_id}: kept {len(cs)} chips, dropped {cs.dropped}")
         sets.append(cs)
     chips = ChipSet.concat(sets, list(source.bands), params.chip_size)

@@ -22,6 +22,10 @@ Every band is read onto that grid: a coarser band (20 m) is resampled bilinearly
 CRS is refused (SceneError naming both CRSs). ``Scene.qa`` is SCL-like uint8: the
 ``qa_band`` read as ``qa_format`` (``"scl"`` or ``"landsat_qa_pixel"``), or, when
 ``qa_band`` is None, 0 where every band is ``nodata`` and 7 (unclassified) elsewhere.
+
+``chip_reader(ref, bands, chip_size)`` streams the same pixels chip row by chip row straight
+into chip layout (:class:`clay_core.sources.rio.ChipRowReader`, used by
+:func:`clay_core.chips.chip_source_scene`) instead of one ``[band, y, x]`` scene array.
 """
 
 from __future__ import annotations
@@ -41,10 +45,14 @@ from clay_core.errors import ConfigError, SceneError, UnknownTileError
 from clay_core.sources.base import SceneSource
 from clay_core.sources.rio import (
     QA_FORMATS,
+    ChipBandFile,
+    ChipQAFile,
+    ChipRowReader,
     as_utc,
     canonical_band,
     grid_from_dict,
     grid_of,
+    large_empty,
     open_raster,
     qa_fill,
     read_to_grid,
@@ -284,6 +292,54 @@ class LocalRasterSource(SceneSource):
             data, qa = self._load_per_band(ref, bands, files, grid)
         return Scene(ref=ref, grid=grid, bands=list(bands), data=data, qa=qa, nodata=self.nodata)
 
+    def chip_reader(self, ref: SceneRef, bands: list[str], chip_size: int, workers: int | None = None) -> ChipRowReader:
+        """A :class:`ChipRowReader` for ``bands`` of ``ref``: the scene read chip row by chip
+        row, straight into chip layout, in ``workers`` threads (default: ``max_workers``
+        capped at the CPU count) -- pixels and QA exactly as ``load_scene`` gives them.
+        Used by :func:`clay_core.chips.chip_source_scene`."""
+        grid = self.grid(ref.tile)
+        files = self._files_for(ref)
+        specs: list[ChipBandFile] = []
+        qa: ChipQAFile | None = None
+        if self.multiband:
+            path = next(iter(files.values()))
+            with open_raster(path, f"scene {ref.scene_id}", **self._open_options) as src:
+                names = self._multiband_names(ref, src, path, bands)
+            specs.append(ChipBandFile(path, f"scene {ref.scene_id}", [names.index(b) + 1 for b in bands],
+                                      list(range(len(bands))), [self._resampling(b) for b in bands]))  # fmt: skip
+            if self.qa_band:
+                qa = ChipQAFile(path, f"scene {ref.scene_id}", names.index(self.qa_band) + 1, self.qa_format)
+        else:
+            for b in bands:
+                if b not in files:
+                    raise self._missing(ref, b, files)
+            if self.qa_band and self.qa_band not in files:
+                raise self._missing(ref, self.qa_band, files, qa=True)
+            specs = [ChipBandFile(files[b], f"band {b} of scene {ref.scene_id}", [1], [i], [self._resampling(b)])
+                     for i, b in enumerate(bands)]  # fmt: skip
+            if self.qa_band:
+                qa = ChipQAFile(files[self.qa_band], f"QA band {self.qa_band} of scene {ref.scene_id}", 1,
+                                self.qa_format)  # fmt: skip
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = workers if workers is not None else min(self.max_workers, cpus)
+        return ChipRowReader(grid, chip_size, specs, qa, nodata=self.nodata, workers=n,
+                             open_options=self._open_options, bands=bands)  # fmt: skip
+
+    def _multiband_names(self, ref: SceneRef, src: Any, path: str, bands: list[str]) -> list[str]:
+        names = self.band_names or [
+            canonical_band(d, self.platform, self.band_aliases) if d else "" for d in src.descriptions
+        ]
+        if len(names) != src.count:
+            raise SceneError(f"{path}: has {src.count} bands but band_names lists {len(names)} ({names})")
+        wanted = list(bands) + ([self.qa_band] if self.qa_band else [])
+        for b in wanted:
+            if b not in names:
+                raise SceneError(
+                    f"scene {ref.scene_id}: band {b!r} is missing from {path}, whose bands are "
+                    f"{names} (set band_names, or write band descriptions into the file)"
+                )
+        return names
+
     # ------------------------------------------------------------------ loading
 
     def _missing(self, ref: SceneRef, band: str, files: dict[str, str], qa: bool = False) -> SceneError:
@@ -314,7 +370,12 @@ class LocalRasterSource(SceneSource):
         else:
             arrays = [read(b) for b in bands]
         dtype = np.result_type(*[a.dtype for a in arrays]) if arrays else np.uint16
-        data = np.stack(arrays).astype(dtype, copy=False) if arrays else np.zeros((0, grid.height, grid.width), dtype)
+        if arrays:
+            data = large_empty((len(arrays), grid.height, grid.width), dtype)
+            for i, a in enumerate(arrays):
+                data[i] = a
+        else:
+            data = np.zeros((0, grid.height, grid.width), dtype)
         if self.qa_band:
             path = files[self.qa_band]
             with open_raster(path, f"QA band {self.qa_band} of scene {ref.scene_id}") as src:
@@ -327,21 +388,7 @@ class LocalRasterSource(SceneSource):
     def _load_multiband(self, ref, bands, files, grid):
         path = next(iter(files.values()))
         with open_raster(path, f"scene {ref.scene_id}", **self._open_options) as src:
-            names = self.band_names or [
-                canonical_band(d, self.platform, self.band_aliases) if d else ""
-                for d in src.descriptions
-            ]
-            if len(names) != src.count:
-                raise SceneError(
-                    f"{path}: has {src.count} bands but band_names lists {len(names)} ({names})"
-                )
-            wanted = list(bands) + ([self.qa_band] if self.qa_band else [])
-            for b in wanted:
-                if b not in names:
-                    raise SceneError(
-                        f"scene {ref.scene_id}: band {b!r} is missing from {path}, whose bands are "
-                        f"{names} (set band_names, or write band descriptions into the file)"
-                    )
+            names = self._multiband_names(ref, src, path, bands)
             groups: dict[Resampling, list[int]] = {}
             for i, b in enumerate(bands):  # one read per resampling: each block decoded once
                 groups.setdefault(self._resampling(b), []).append(i)
@@ -356,7 +403,7 @@ class LocalRasterSource(SceneSource):
                 data = next(iter(parts.values()))
             else:
                 dtype = np.result_type(*[p.dtype for p in parts.values()])
-                data = np.empty((len(bands), grid.height, grid.width), dtype)
+                data = large_empty((len(bands), grid.height, grid.width), dtype)
                 for r, pos in groups.items():
                     data[pos] = parts[r]
             if self.qa_band:
