@@ -93,7 +93,8 @@ def build_resources(
     """Resources for the code location and for tests (which pass temp paths and small sizes)."""
     root = str(Path(home).resolve()) if home else str(settings.clay_home())
     return {
-        "home": ClayHome(root=root),
+        "home": ClayHome(root=root, cubes_uri=os.environ.get("CLAY_CUBES_URI") or None,
+                         s3_endpoint=os.environ.get("CLAY_S3_ENDPOINT") or None),
         "source": source or scene_source_from_env(),
         "chip_settings": ChipSettings(chip_size=chip_size or _env_int("CLAY_CHIP_SIZE", 256)),
         "model": model

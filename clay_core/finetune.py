@@ -147,11 +147,11 @@ class ChipData:
         }
 
 
-def read_cube_chips(cube_path: str | PathLike[str], tile: str, platform: str = "sentinel-2-l2a") -> ChipData:
-    """All chips of one partition's ``cube.zarr`` (pixels loaded into memory)."""
+def read_cube_chips(cube_path: Any, tile: str, platform: str = "sentinel-2-l2a") -> ChipData:
+    """All chips of one partition's chip cube (a path, or an already opened Dataset), in memory."""
     from clay_core.chips import open_cube
 
-    ds = open_cube(Path(cube_path))
+    ds = cube_path if hasattr(cube_path, "data_vars") else open_cube(Path(cube_path))
     bands = [str(b) for b in ds["band"].values]
     return ChipData(np.asarray(ds["pixels"].values), chip_refs(ds, tile), bands, platform)
 

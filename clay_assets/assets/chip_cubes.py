@@ -65,6 +65,7 @@ def chip_cubes(
     chips = ChipSet.concat(sets, list(source.bands), params.chip_size)
     final = layout.partition("chips", tile, window)
     thumbs_img = []
+    cube_uri = None
     with atomic_dir(final) as tmp:
         thumbs = []
         if len(chips):
@@ -75,10 +76,16 @@ def chip_cubes(
                 (tmp / "thumbs" / name).write_bytes(png_bytes(img))
                 thumbs.append(str(final / "thumbs" / name))
                 thumbs_img.append(img)
-            write_cube(to_dataset(chips, params.chip_size), tmp / "cube.zarr")
-            write_index(chips, tmp / "index.parquet", thumbs, str(final / "cube.zarr"))
+            if home.cubes_uri:
+                cube_uri = write_cube(to_dataset(chips, params.chip_size), home.cube_location(tile, window),
+                                      storage_options=home.storage_options())
+            else:
+                write_cube(to_dataset(chips, params.chip_size), tmp / "cube.zarr")
+                cube_uri = home.cube_location(tile, window)
+            write_index(chips, tmp / "index.parquet", thumbs, cube_uri)
             (tmp / "mosaic.png").write_bytes(png_bytes(mosaic(thumbs_img)))
         write_manifest(tmp, {"tile": tile, "window": window, "chips": len(chips), "chip_size": params.chip_size,
+                             "cube_uri": cube_uri if len(chips) else None,
                              "bands": chips.bands, "dropped": chips.dropped, "scenes": len(raw["scenes"])})
     cloud = chips.meta["cloud_fraction"].to_numpy() if len(chips) else np.zeros(0)
     nodata = chips.meta["nodata_fraction"].to_numpy() if len(chips) else np.zeros(0)
@@ -91,7 +98,7 @@ def chip_cubes(
         "dropped_cloudy": chips.dropped.get("cloudy", 0),
         "dropped_nodata": chips.dropped.get("nodata", 0),
         "chip_size": params.chip_size,
-        "cube": MetadataValue.path(str(final / "cube.zarr")),
+        "cube": MetadataValue.path(cube_uri or "(no chips)"),
         "cloud_fraction_histogram": histogram_md(cloud, label="cloud fraction"),
         "seconds": round(time.perf_counter() - t0, 3),
     }

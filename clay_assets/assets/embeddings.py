@@ -24,7 +24,6 @@ from dagster import (
 from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ClayHome, ClayModel
 from clay_assets.versions import embeddings_code_version
-from clay_core.chips import open_cube
 from clay_core.embed import embed_chips
 from clay_core.embed_store import write_embeddings
 from clay_core.store import atomic_dir, read_manifest, write_manifest
@@ -55,7 +54,7 @@ def embeddings(context: AssetExecutionContext, home: ClayHome, model: ClayModel)
     result = None
     with atomic_dir(final) as tmp:
         if n:
-            cube = open_cube(chips_dir / "cube.zarr")
+            cube = home.open_cube(tile, window)
 
             def progress(done: int, total: int) -> None:
                 context.log.info(f"{tile} {window}: embedded {done}/{total} chips")

@@ -181,7 +181,7 @@ def _load_chips(home: ClayHome, parts: list, platform: str) -> ChipData:
         d = home.layout.partition("chips", tile, window)
         if int(read_manifest(d)["chips"]) == 0:
             continue
-        sets.append(read_cube_chips(d / "cube.zarr", tile, platform))
+        sets.append(read_cube_chips(home.open_cube(tile, window), tile, platform))
     return ChipData.concat(sets)
 
 
@@ -365,7 +365,7 @@ def head_predictions(
     preview = None
     with atomic_dir(final) as tmp:
         if n:
-            chips = read_cube_chips(chips_dir / "cube.zarr", tile, model.platform)
+            chips = read_cube_chips(home.open_cube(tile, window), tile, model.platform)
             if chips.chip_size != int(loaded.meta.get("chip_size", chips.chip_size)) or \
                     list(chips.bands) != list(loaded.meta.get("bands", chips.bands)):
                 raise ConfigError(f"head {ckpt} was trained on {loaded.meta.get('chip_size')} px chips of bands "
