@@ -116,19 +116,8 @@ def _floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",") if x.strip()]
 
 
-def _rng(*parts: object) -> np.random.Generator:
-    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-
-def _smooth(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    coarse = rng.random((cells + 1, cells + 1))
-    pos = np.linspace(0, cells, size, endpoint=False)
-    i = pos.astype(int)
-    f = pos - i
-    a = coarse[i][:, i] * (1 - f)[None, :] + coarse[i][:, i + 1] * f[None, :]
-    b = coarse[i + 1][:, i] * (1 - f)[None, :] + coarse[i + 1][:, i + 1] * f[None, :]
-    return a * (1 - f)[:, None] + b * f[:, None]
+# The synthetic world's own deterministic noise and smooth fields, so haze patterns look alike.
+from clay_core.sources.synthetic import _rng, _smooth_field as _smooth  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------

@@ -31,31 +31,8 @@ DEFAULT_NODATA_CLASSES = (0,)
 SCL_NODATA, SCL_UNCLASSIFIED = 0, 7
 
 
-#: Arrays at least this big are allocated with an anonymous ``mmap`` (see large_empty; same as clay_core.sources.rio.large_empty).
-LARGE_ARRAY_BYTES = 32 << 20
-#: Map the pages of large arrays up front (Linux MAP_POPULATE: one kernel pass instead of a
-#: fault per 4 KiB page, about half the CPU time of touching them one by one).
-POPULATE = True
-
-
-def large_empty(shape, dtype) -> np.ndarray:
-    """``np.empty`` for scene-sized arrays, backed by an anonymous ``mmap``.
-
-    numpy asks for transparent huge pages on big allocations (``MADV_HUGEPAGE``); where
-    the kernel then has to assemble and zero 2 MiB pages on first touch (THP
-    ``defrag=madvise``, fragmented memory, VMs), filling a fresh 1 GB array took 1.5-3 s
-    against ~0.4 s with ordinary pages (docs/chipping.md). The memory is returned when the
-    array (its last view) goes away."""
-    dt = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    if n < LARGE_ARRAY_BYTES:
-        return np.empty(shape, dt)
-    import mmap
-
-    kw = {}
-    if hasattr(mmap, "MAP_PRIVATE"):  # private (not shared with forks), pages mapped up front
-        kw["flags"] = mmap.MAP_PRIVATE | (getattr(mmap, "MAP_POPULATE", 0) if POPULATE else 0)
-    return np.frombuffer(mmap.mmap(-1, n, **kw), dt).reshape(shape)
+# Scene-sized outputs are allocated like the sources' reads (see clay_core.sources.rio.large_empty).
+from clay_core.sources.rio import large_empty  # noqa: E402
 
 
 def has_value(a: np.ndarray, value: float | int) -> bool:
