@@ -7,7 +7,6 @@ chooses one in a single place from ``CLAY_SOURCE``.
 
 from __future__ import annotations
 
-import os
 from abc import abstractmethod
 from datetime import date
 from pathlib import Path
@@ -278,7 +277,3 @@ class ChangeSettings(ConfigurableResource):
             n_components=self.n_components,
             n_harmonics=self.n_harmonics,
         )
-
-
-def default_clay_home() -> str:
-    return str(Path(os.environ.get("CLAY_HOME", ".clay")).resolve())

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from clay_core.changepoint import fit_harmonic
+from clay_core.changepoint import cosine_distance, fit_harmonic
 from clay_core.errors import ConfigError
 
 
@@ -66,16 +66,6 @@ class Observations:
             np.concatenate([p.datetime for p in parts]),
             np.concatenate([p.vectors for p in parts]),
         )
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """1 - cosine similarity, row-wise (broadcasting)."""
-    return 1.0 - np.sum(_unit(a) * _unit(b), axis=-1)
 
 
 def _years(t: np.ndarray) -> np.ndarray:
