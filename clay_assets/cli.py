@@ -79,7 +79,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             bar.set_description(msg.split(":")[0][-40:])
             bar.update(1)
 
-        summary = materialize_graph(tiles, windows, resources, instance, log=log)
+        summary = materialize_graph(tiles, windows, resources, instance, log=log,
+                                    console_log_level="DEBUG" if args.verbose else "WARNING")
     print(f"done: {summary.runs} runs in {time.perf_counter() - t0:.1f}s")
     _print_demo_results(resources, tiles, windows)
     print("\nOpen the UI on these materializations:\n"
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="materialize the whole graph on embedded defaults")
     d.add_argument("--windows", type=int, default=8, help="weekly windows from CLAY_START (default 8)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--verbose", action="store_true", help="print every Dagster event (they are in the UI either way)")
     d.set_defaults(fn=cmd_demo)
     s = sub.add_parser("search", help="similarity search by chip id, location or several reference chips")
     q = s.add_mutually_exclusive_group(required=True)

@@ -31,13 +31,17 @@ def materialize_graph(
     instance: DagsterInstance,
     log: Callable[[str], None] = lambda _m: None,
     raise_on_error: bool = True,
+    console_log_level: str | None = None,
 ) -> RunSummary:
     summary = RunSummary()
     t0 = time.perf_counter()
 
+    # The console logger only: every event still goes to the instance's event log (the UI).
+    run_config = {"loggers": {"console": {"config": {"log_level": console_log_level}}}} if console_log_level else None
+
     def run(selection, key=None, label=""):
         result = materialize(ALL_ASSETS, selection=selection, partition_key=key, resources=resources,
-                             instance=instance, raise_on_error=raise_on_error)
+                             instance=instance, raise_on_error=raise_on_error, run_config=run_config)
         summary.runs += 1
         if not result.success:
             summary.failures.append(label)
