@@ -51,3 +51,16 @@ def pg_url(pg_server, request) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     return urlunsplit(urlsplit(pg_server)._replace(path=f"/{name}"))
+
+
+@pytest.fixture()
+def instance(tmp_path, monkeypatch):
+    """A real Dagster instance (SQLite storage) in a temp DAGSTER_HOME."""
+    from dagster import DagsterInstance
+
+    home = tmp_path / "dagster"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    inst = DagsterInstance.get()
+    yield inst
+    inst.dispose()

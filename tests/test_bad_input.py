@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, materialize
 
 from clay_assets.definitions import ALL_ASSETS, PER_SCENE_DOWNSTREAM, PER_SCENE_UPSTREAM, pca
 from clay_assets.partitions import make_key
@@ -19,16 +19,6 @@ from clay_core.tiles import parse_tile
 from pipeline_helpers import small_resources, small_source
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture()
-def instance(tmp_path):
-    home = tmp_path / "dagster"
-    home.mkdir()
-    os.environ["DAGSTER_HOME"] = str(home)
-    inst = DagsterInstance.get()
-    yield inst
-    inst.dispose()
 
 
 def test_empty_window_materializes_with_zero_chips_and_downstream_succeeds(tmp_path, pg_url, instance):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
+from dagster import AssetKey, build_sensor_context, materialize
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
@@ -15,16 +14,6 @@ from clay_assets.definitions import ALL_ASSETS, PER_SCENE_UPSTREAM, pca
 from clay_assets.partitions import make_key
 from clay_assets.runner import materialize_graph
 from pipeline_helpers import TILES, small_resources, small_source
-
-
-@pytest.fixture()
-def instance(tmp_path):
-    home = tmp_path / "dagster"
-    home.mkdir()
-    os.environ["DAGSTER_HOME"] = str(home)
-    inst = DagsterInstance.get()
-    yield inst
-    inst.dispose()
 
 
 def _materialization_counts(instance, keys) -> dict[tuple[str, str], int]:
