@@ -8,6 +8,7 @@ chooses one in a single place from ``CLAY_SOURCE``.
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import fields
 from datetime import date
 from pathlib import Path
 from typing import Optional
@@ -269,11 +270,5 @@ class ChangeSettings(ConfigurableResource):
         }
 
     def params(self) -> ChangeParams:
-        return ChangeParams(
-            baseline_obs=self.baseline_obs,
-            z_threshold=self.z_threshold,
-            min_distance_factor=self.min_distance_factor,
-            min_relative_scale=self.min_relative_scale,
-            n_components=self.n_components,
-            n_harmonics=self.n_harmonics,
-        )
+        # The resource is the Dagster-config face of ChangeParams: same field names.
+        return ChangeParams(**{f.name: getattr(self, f.name) for f in fields(ChangeParams)})

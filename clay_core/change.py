@@ -84,7 +84,7 @@ def score_partition(current: Observations, history: Observations, project, param
     ``project`` maps [n, dim] embeddings to principal components ([n, k]).
     """
     rows = []
-    all_obs = Observations.concat([history, current], current.vectors.shape[1] if current.vectors.size else history.vectors.shape[1] if history.vectors.size else 0)
+    all_obs = Observations.concat([history, current], current.vectors.shape[1])
     order = np.argsort(all_obs.datetime, kind="stable")
     by_chip: dict[str, list[int]] = {}
     for i in order:

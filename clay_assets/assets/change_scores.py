@@ -66,7 +66,8 @@ def change_scores(context: AssetExecutionContext, home: ClayHome, change_setting
     k = params.n_components
     basis = load_current(layout.root / "pca")
     earlier = [w for w in layout.windows("embeddings", tile) if w < window]
-    history = [o for o in (_observations(layout, tile, w) for w in earlier) if o is not None]
+    by_window = {w: _observations(layout, tile, w) for w in earlier}  # read each store once
+    history = [o for o in by_window.values() if o is not None]
     current = _observations(layout, tile, window)
 
     # The detector state of the previous window, brought up to date by replaying any earlier
@@ -75,7 +76,7 @@ def change_scores(context: AssetExecutionContext, home: ClayHome, change_setting
     replayed = 0
     for w in earlier:
         if upto is None or w > upto:
-            obs = _observations(layout, tile, w)
+            obs = by_window[w]
             if obs is not None:
                 states = advance_events(states, obs, basis.transform(obs.vectors)[:, :k], detector).states
                 replayed += 1
