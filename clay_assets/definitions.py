@@ -105,7 +105,8 @@ def build_resources(
             batch_size=_env_int("CLAY_BATCH_SIZE", 8),
             patch_tokens=os.environ.get("CLAY_PATCH_TOKENS", "0") in ("1", "true", "yes"),
         ),
-        "vectordb": VectorDB(database_url=database_url or os.environ.get("DATABASE_URL") or None, clay_home=root),
+        "vectordb": VectorDB(database_url=database_url or os.environ.get("DATABASE_URL") or None,
+                             clay_home=root, storage=os.environ.get("CLAY_VECTOR_STORAGE") or None),
         "change_settings": ChangeSettings(),
         **FINETUNE_RESOURCES,
     }

@@ -227,10 +227,18 @@ class ClayModel(ConfigurableResource):
 
 
 class VectorDB(ConfigurableResource):
-    """Postgres + pgvector. Empty ``database_url`` means ``$DATABASE_URL`` or the embedded server."""
+    """Postgres + pgvector. Empty ``database_url`` means ``$DATABASE_URL`` or the embedded server.
+
+    ``storage``: the embedding column type, ``"vector"`` (float32) or ``"halfvec"`` (float16,
+    half the size; needs pgvector >= 0.7, e.g. the embedded server with
+    ``CLAY_EMBEDDED_PG=pixeltable``). Unset (``CLAY_VECTOR_STORAGE``): keep the table's type,
+    ``vector`` for a new table.  Set: a table stored the other way is converted in place (every
+    row kept) the next time a store is opened.
+    """
 
     database_url: Optional[str] = None
     clay_home: str = ".clay"
+    storage: Optional[str] = None
 
     def url(self) -> str:
         from clay_core.db import database_url
@@ -243,7 +251,7 @@ class VectorDB(ConfigurableResource):
         from clay_core.db import VectorStore
 
         store = VectorStore(self.url(), dim)
-        store.ensure_schema()
+        store.ensure_schema(storage=self.storage)
         return store
 
 

