@@ -725,7 +725,28 @@ BEGIN
     END IF;
   END IF;
 
-  IF ef <= 1000 THEN
+  IF ef <= 1000 AND NOT filtered THEN
+    -- no tile/date/bbox filter: static SQL, so the plan is cached for the session instead of
+    -- planned again on every call
+    PERFORM set_config('hnsw.ef_search', ef::integer::text, true);
+    IF {iterative} AND n_excl > 0 THEN
+      PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    END IF;
+    SELECT count(*),
+           array_agg(s.chip_id ORDER BY s.dist, s.chip_id, s.acquired) FILTER (WHERE 1 - s.dist >= min_similarity),
+           array_agg(s.tile ORDER BY s.dist, s.chip_id, s.acquired) FILTER (WHERE 1 - s.dist >= min_similarity),
+           array_agg(s.acquired ORDER BY s.dist, s.chip_id, s.acquired) FILTER (WHERE 1 - s.dist >= min_similarity),
+           array_agg(1 - s.dist ORDER BY s.dist, s.chip_id, s.acquired) FILTER (WHERE 1 - s.dist >= min_similarity)
+      INTO n_ann, a_chip, a_tile, a_acq, a_sim
+      FROM (SELECT o.chip_id, o.tile, o.acquired, o.embedding <=> {qv} AS dist
+              FROM clay.observations o
+             WHERE n_excl = 0 OR o.chip_id <> ALL(exclude_chips)
+             ORDER BY o.embedding <=> {qv} LIMIT k) s;
+    IF n_ann >= k THEN
+      RETURN QUERY SELECT u.c, u.t, u.a, u.s FROM unnest(a_chip, a_tile, a_acq, a_sim) AS u(c, t, a, s);
+      RETURN;
+    END IF;
+  ELSIF ef <= 1000 THEN
     PERFORM set_config('hnsw.ef_search', ef::integer::text, true);
     IF {iterative} AND (filtered OR n_excl > 0) THEN
       PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
@@ -792,7 +813,8 @@ def _functions_sql(dim: int, ext_schema: str, iterative: bool,
             .replace("{dim}", str(dim))
             .replace("{filter_safety}", repr(FILTER_SAFETY))
             .replace("{iterative}", "true" if iterative else "false")
-            .replace("{q}", f"$1::halfvec({dim})" if half else "$1"))
+            .replace("{q}", f"$1::halfvec({dim})" if half else "$1")
+            .replace("{qv}", f"query::halfvec({dim})" if half else "query"))
     _QUERY_EMBEDDING = _QUERY_EMBEDDING_TEMPLATE.replace("{as_vector}", as_vector)  # noqa: N806
     return [
         f"""CREATE OR REPLACE FUNCTION clay._knn(query vector, k integer, min_similarity double precision,
@@ -1657,14 +1679,25 @@ class VectorStore:
             cur.execute(f"SELECT count(*) FROM clay.observations{where}", params)
             return int(cur.fetchone()[0])
 
-    def duplicate_observations(self) -> int:
-        """(chip_id, acquired) pairs stored more than once: 0 unless the unique key was lost."""
+    def duplicate_observations(self, partition_key: str | None = None) -> int:
+        """(chip_id, acquired) pairs stored more than once: 0 unless the unique key was lost.
+
+        With ``partition_key``, only that partition's pairs are looked up (index probes, cheap
+        at any table size); without, the whole table is grouped (a full scan)."""
         with self._errors("checking for duplicate observations"):
             cur = self._cursor()
-            cur.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM clay.observations GROUP BY chip_id, acquired "
-                "HAVING count(*) > 1) d"
-            )
+            if partition_key is None:
+                cur.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM clay.observations GROUP BY chip_id, "
+                    "acquired HAVING count(*) > 1) d"
+                )
+            else:
+                cur.execute(
+                    "SELECT count(*) FROM clay.observations o WHERE o.partition_key = %s AND "
+                    "(SELECT count(*) FROM clay.observations x WHERE x.chip_id = o.chip_id "
+                    "AND x.acquired = o.acquired) > 1",
+                    (partition_key,),
+                )
             return int(cur.fetchone()[0])
 
     def partition_chip_count(self, partition_key: str | None = None) -> dict[str, int] | int:

@@ -655,3 +655,23 @@ def test_load_partitions_stops_at_the_first_bad_partition(db_url):
             store.load_partitions(good, workers=0)
         store.load_partitions(good, workers=3)
         assert store.count() == 60 and store.duplicate_observations() == 0
+
+
+def test_duplicate_check_finds_pairs_stored_twice_when_the_key_is_lost(db_url):
+    k0, k1 = f"{DAYS[0]}|31UFQ", f"{DAYS[0]}|31UGQ"
+    with VectorStore(db_url, DIM) as store:
+        store.ensure_schema()
+        store.load_partition(k0, chips_frame("31UFQ", DAYS[0], 6), random_embeddings(6, 1))
+        store.load_partition(k1, chips_frame("31UGQ", DAYS[0], 6), random_embeddings(6, 2))
+        assert store.duplicate_observations() == 0 and store.duplicate_observations(k0) == 0
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE clay.observations DROP CONSTRAINT observations_pkey")
+            # a copy of one k0 observation filed under k1: the pair now exists twice
+            conn.execute("INSERT INTO clay.observations SELECT * FROM clay.observations "
+                         "WHERE chip_id = '31UFQ_r00c02'")
+            conn.execute("UPDATE clay.observations SET partition_key = %s WHERE ctid = "
+                         "(SELECT max(ctid) FROM clay.observations WHERE chip_id = '31UFQ_r00c02')",
+                         (k1,))
+        assert store.duplicate_observations() == 1
+        assert store.duplicate_observations(k0) == 1 and store.duplicate_observations(k1) == 1
+        assert store.duplicate_observations(f"{DAYS[1]}|31UFQ") == 0

@@ -91,7 +91,8 @@ def vectors(context: AssetExecutionContext, home: ClayHome, model: ClayModel, ve
     try:
         stats = store.load_partition(f"{window}|{tile}", rows, emb)
         total = store.count(partition_key=f"{window}|{tile}")
-        duplicates = store.duplicate_observations()
+        duplicates = store.duplicate_observations(f"{window}|{tile}")
+        storage, pgvector = store.storage, store.pgvector_version()
         events_path = home.layout.partition("change", tile, window) / "events.parquet"
         events = pd.read_parquet(events_path) if events_path.is_file() else pd.DataFrame()
         n_events = store.load_change_events(f"{window}|{tile}", events)
@@ -110,6 +111,7 @@ def vectors(context: AssetExecutionContext, home: ClayHome, model: ClayModel, ve
             "rows": stats.rows,
             "dagster/row_count": total,
             "rows_per_s": round(stats.rows_per_s, 1),
+            "storage": f"{storage}({int(man['dim'])}), pgvector {pgvector}",
             "change_events": n_events,
             "database": redact(url),
             "table": "clay.chips",
