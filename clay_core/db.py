@@ -610,6 +610,26 @@ def _migration_3(dim: int, m: int, ef_construction: int, create_index: bool) -> 
     ]
 
 
+# The chip footprint as WKT, computed from the bounds (float8 prints shortest round-trip).
+_WKT_SQL = ("format('POLYGON((%s %s, %s %s, %s %s, %s %s, %s %s))', west, south, east, south, "
+            "east, north, west, north, west, south)")
+
+
+def _migration_4(dim: int, m: int, ef_construction: int, create_index: bool) -> list[str]:
+    """geom_wkt is derived from the bounds: computed by the clay.chips view instead of stored
+    and sent with every row (a long text field costs the COPY more than 20 numeric ones)."""
+    view_cols = ", ".join(
+        ["chip_id", "tile", "acquired"]
+        + [c for c in _COLS if c not in ("chip_id", "tile", "acquired")]
+        + [f"{_WKT_SQL} AS geom_wkt", "embedding", "loaded_at"]
+    )
+    return [
+        # same columns, names and types: CREATE OR REPLACE keeps the view's grants and comment
+        f"CREATE OR REPLACE VIEW clay.chips AS SELECT {view_cols} FROM clay.observations",
+        "ALTER TABLE clay.observations DROP COLUMN geom_wkt",
+    ]
+
+
 # Secondary indexes for filtered searches (created by migrations 1 and 2); bulk_load() drops
 # them during a backfill and recreates them from these definitions.
 _FILTER_INDEXES = [
@@ -627,6 +647,7 @@ MIGRATIONS = [
     (1, "clay.observations, clay.chips view, HNSW cosine index", _migration_1),
     (2, "indexes for filtered search (acquired, bounds box)", _migration_2),
     (3, "clay.change_events", _migration_3),
+    (4, "geom_wkt computed by the clay.chips view, no longer stored", _migration_4),
 ]
 
 
@@ -902,19 +923,6 @@ class ChipNotFoundError(DatabaseError, LookupError):
     """The query chip (or one of the reference chips) is not in clay.chips."""
 
 
-def _pg_float(v: float) -> str:
-    """float8 as Postgres prints it (shortest round-trip; 2.0 -> '2')."""
-    r = repr(float(v))
-    return r[:-2] if r.endswith(".0") else r
-
-
-def _wkt_polygons(west, south, east, north) -> list[str]:
-    # chips of a partition share a few distinct edge coordinates: format each one once
-    vals, inv = np.unique(np.concatenate([west, south, east, north]), return_inverse=True)
-    txt = np.array([_pg_float(v) for v in vals], dtype=object)[inv].reshape(4, -1)
-    return [f"POLYGON(({w} {s}, {e} {s}, {e} {n}, {w} {n}, {w} {s}))" for w, s, e, n in txt.T]
-
-
 def _text_column(s: pd.Series, name: str, required: bool) -> list:
     isna = s.isna().to_numpy()
     if required and isna.any():
@@ -934,7 +942,7 @@ def _float_array(s: pd.Series, name: str) -> np.ndarray:
 
 def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray,
                   dim: int, storage: str = "vector") -> list[CopyColumn]:
-    """Validate the frame; return the COPY columns (ROW_COLUMNS, embedding, geom_wkt)."""
+    """Validate the frame; return the COPY columns (ROW_COLUMNS, embedding)."""
     if not isinstance(partition_key, str) or not partition_key:
         raise ConfigError(f"partition_key must be a non-empty string, got {partition_key!r}")
     if not isinstance(rows, pd.DataFrame):
@@ -1044,8 +1052,7 @@ def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray
         )
     vec = CopyColumn("embedding", storage,
                      emb.astype(np.float16) if storage == "halfvec" else emb)
-    wkt = CopyColumn("geom_wkt", "text", _wkt_polygons(w, so, e, no))
-    return [cols[c] for c in _COLS] + [vec, wkt]
+    return [cols[c] for c in _COLS] + [vec]
 
 
 _HALF_MAX = 65504.0
@@ -1862,8 +1869,8 @@ class VectorStore:
         with self._errors("describing search results"):
             cur = self._cursor()
             cur.execute(
-                "SELECT o.chip_id, o.acquired, o.geom_wkt, o.lon, o.lat, o.cloud_fraction, o.thumbnail_uri, o.cube_uri "
-                "FROM clay.observations o JOIN unnest(%s::text[], %s::date[]) AS q(chip_id, acquired) "
+                "SELECT o.chip_id, o.acquired, o.geom_wkt, o.lon, o.lat, o.cloud_fraction, o.thumbnail_uri, "
+                "o.cube_uri FROM clay.chips o JOIN unnest(%s::text[], %s::date[]) AS q(chip_id, acquired) "
                 "USING (chip_id, acquired)",
                 (results["chip_id"].astype(str).tolist(), list(results["acquired"])),
             )

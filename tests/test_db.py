@@ -675,3 +675,45 @@ def test_duplicate_check_finds_pairs_stored_twice_when_the_key_is_lost(db_url):
         assert store.duplicate_observations() == 1
         assert store.duplicate_observations(k0) == 1 and store.duplicate_observations(k1) == 1
         assert store.duplicate_observations(f"{DAYS[1]}|31UFQ") == 0
+
+
+def test_upgrade_from_schema_3_keeps_rows_grants_and_footprints(db_url, monkeypatch):
+    """A database created before migration 4 (geom_wkt stored per row) upgrades in place: every
+    row stays, clay.chips still shows the same WKT (now computed), the reader role keeps
+    SELECT on the view, and loads and searches work afterwards."""
+    monkeypatch.setattr(cdb, "MIGRATIONS", [m for m in cdb.MIGRATIONS if m[0] <= 3])
+    with VectorStore(db_url, DIM) as store:
+        store.ensure_schema()
+        assert store.schema_version() == 3
+    emb = random_embeddings(4, 3)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for i in range(4):
+            w, s = 2.0 + 0.01 * i, 48.5
+            conn.execute(
+                "INSERT INTO clay.observations (chip_id, tile, acquired, partition_key, west, south, "
+                "east, north, geom_wkt, embedding) VALUES (%s, '31UFQ', %s, %s, %s, %s, %s, %s, %s, %s)",
+                (f"31UFQ_r09c0{i}", DAYS[2], f"{DAYS[2]}|31UFQ", w, s, w + 0.01, s + 0.01,
+                 # what the loader stored before migration 4 (floats printed like Postgres does)
+                 "POLYGON(({0} {1}, {2} {1}, {2} {3}, {0} {3}, {0} {1}))".format(
+                     *(repr(v).removesuffix(".0") for v in (w, s, w + 0.01, s + 0.01))),
+                 "[" + ",".join(map(str, emb[i])) + "]"))
+        before = conn.execute("SELECT chip_id, geom_wkt FROM clay.chips ORDER BY chip_id").fetchall()
+    with VectorStore(db_url, DIM) as store:
+        reader_url = store.create_reader_role("clay_old_reader")
+    monkeypatch.undo()
+    with VectorStore(db_url, DIM) as store:
+        store.ensure_schema()
+        assert store.schema_version() == max(v for v, _, _ in cdb.MIGRATIONS) >= 4
+        assert store.count() == 4
+        store.load_partition(f"{DAYS[0]}|31UFQ", chips_frame("31UFQ", DAYS[0], 3), random_embeddings(3, 4))
+        assert store.count() == 7
+        got = store.similar_to_vector(emb[1], k=1)
+        assert got["chip_id"].tolist() == ["31UFQ_r09c01"]
+    cols = {c for (c,) in sql_rows(db_url, "SELECT column_name FROM information_schema.columns "
+                                           "WHERE table_schema = 'clay' AND table_name = 'observations'")}
+    assert "geom_wkt" not in cols
+    after = sql_rows(db_url, "SELECT chip_id, geom_wkt FROM clay.chips WHERE acquired = %s "
+                             "ORDER BY chip_id", (DAYS[2],))
+    assert after == before
+    with psycopg.connect(reader_url) as conn:
+        assert conn.execute("SELECT count(*) FROM clay.chips").fetchone()[0] == 7
