@@ -1524,7 +1524,8 @@ class VectorStore:
         and the filter indexes (tile/date/bbox) are dropped during the loads and built once at
         the end, which is much cheaper than maintaining them row by row (docs/benchmarks_vector.md).
         The primary key and the partition_key index stay: uniqueness and per-partition
-        replacement work as usual.  Searches during the block fall back to exact scans."""
+        replacement work as usual.  Searches during the block fall back to exact scans.  The
+        indexes are rebuilt even when the block raises (minutes at millions of rows)."""
         # the rebuilt index keeps the dropped one's parameters unless new ones are given
         index_kwargs = {**(self.index_params() or {}), **index_kwargs}
         self.drop_index()
@@ -1535,11 +1536,15 @@ class VectorStore:
         try:
             yield self
         finally:
+            # also after a failure inside the block: searches need their indexes back
             self._bulk = False
             with self._errors("rebuilding the filter indexes"):
                 for _, ddl in _FILTER_INDEXES:
                     self._cursor().execute(ddl)
             self.rebuild_index(**index_kwargs)
+            with self._errors("analyzing clay.observations after a bulk load"):
+                # fresh statistics: the filtered searches steer ef_search from row estimates
+                self._cursor().execute("ANALYZE clay.observations")
 
     # -- loading ----------------------------------------------------------------------------
 
