@@ -924,20 +924,38 @@ class ChipNotFoundError(DatabaseError, LookupError):
 
 
 def _text_column(s: pd.Series, name: str, required: bool) -> list:
+    vals = s.tolist()
+    if not s.hasnans:  # the common case, without a per-value NA test
+        return vals if all(map(str.__instancecheck__, vals)) else list(map(str, vals))
     isna = s.isna().to_numpy()
-    if required and isna.any():
+    if required:
         raise ConfigError(f"rows.{name} has {int(isna.sum())} missing values; every row needs one")
-    vals = s.to_numpy(dtype=object)
-    if not isna.any():
-        return list(map(str, vals))
     return [None if na else str(v) for v, na in zip(vals, isna)]
 
 
 def _float_array(s: pd.Series, name: str) -> np.ndarray:
+    if s.dtype == np.float64:
+        return s.to_numpy()
     try:
         return pd.to_numeric(s, errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"rows.{name} must be numeric: {exc}") from None
+
+
+def _date_array(s: pd.Series, name: str) -> np.ndarray:
+    vals = s.tolist()
+    if vals and vals.count(vals[0]) == len(vals):  # one acquisition date: convert it once
+        s = s.iloc[:1]
+    try:
+        d = pd.to_datetime(s)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"rows.{name} must hold dates: {exc}") from None
+    if d.isna().any():
+        raise ConfigError(f"rows.{name} has missing values; every row needs a date")
+    if getattr(d.dt, "tz", None) is not None:
+        d = d.dt.tz_localize(None)  # the local calendar date of an aware timestamp
+    out = d.to_numpy(dtype="datetime64[D]")
+    return np.repeat(out, len(vals)) if len(out) < len(vals) else out
 
 
 def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray,
@@ -968,7 +986,7 @@ def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray
             f"{bad.size} embedding(s) are zero or not finite (cosine similarity is undefined), "
             f"e.g. chips {ids}"
         )
-    if storage == "halfvec":
+    if storage == "halfvec" and (emb.max() > _HALF_MAX or emb.min() < -_HALF_MAX):
         big = np.flatnonzero(np.abs(emb).max(axis=1) > _HALF_MAX)
         if big.size:
             raise ConfigError(
@@ -999,15 +1017,7 @@ def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray
         elif typ == "text":
             values = _text_column(s, name, required)
         elif typ == "date":
-            try:
-                d = pd.to_datetime(s)
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"rows.{name} must hold dates: {exc}") from None
-            if d.isna().any():
-                raise ConfigError(f"rows.{name} has missing values; every row needs a date")
-            if getattr(d.dt, "tz", None) is not None:
-                d = d.dt.tz_localize(None)  # the local calendar date of an aware timestamp
-            values = d.to_numpy(dtype="datetime64[D]")
+            values = _date_array(s, name)
         elif typ == "timestamptz":
             try:
                 t = pd.to_datetime(s, utc=True)  # naive values are taken as UTC
@@ -1018,6 +1028,8 @@ def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray
             values = _float_array(s, name)
             if required and not np.isfinite(values).all():
                 raise ConfigError(f"rows.{name} must be finite numbers (chip bounds, WGS84)")
+        elif typ == "bool" and s.dtype == bool:
+            values = s.to_numpy()
         elif typ == "bool":
             isna = s.isna().to_numpy()
             cols[name] = CopyColumn(name, typ, s.where(~isna, False).astype(bool).to_numpy(),
@@ -1050,12 +1062,28 @@ def _prepare_rows(partition_key: str, rows: pd.DataFrame, embeddings: np.ndarray
             f"rows has {int(dup.sum())} rows sharing (chip_id, acquired), e.g. {ex}; one row per "
             "chip observation is allowed"
         )
-    vec = CopyColumn("embedding", storage,
-                     emb.astype(np.float16) if storage == "halfvec" else emb)
+    vec = CopyColumn("embedding", storage, _to_float16(emb) if storage == "halfvec" else emb)
     return [cols[c] for c in _COLS] + [vec]
 
 
 _HALF_MAX = 65504.0
+
+
+def _to_float16(a: np.ndarray) -> np.ndarray:
+    # numpy's float32 -> float16 cast is scalar code (~1.2 us per 768-d row); torch's is SIMD
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the package
+        return a.astype(np.float16)
+    src = torch.from_numpy(np.ascontiguousarray(a))
+    out = np.empty(a.shape, np.float16)
+    dst = torch.from_numpy(out)
+    # blocks under torch's parallel grain size (32768 elements) run on this thread only: a
+    # thread pool spinning up next to the COPY would take the CPU the server needs
+    step = max(1, 32768 // max(1, a.shape[-1]))
+    for i in range(0, len(a), step):
+        dst[i:i + step].copy_(src[i:i + step])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1578,15 +1606,16 @@ class VectorStore:
         n = data.n if data is not None else 0
         with self._errors(f"loading partition {partition_key!r}"), self._conn.transaction():
             cur = self._cursor()
-            cur.execute("SET LOCAL lock_timeout = '60s'")
-            if self._bulk:
-                # no wait for the WAL flush at each partition's commit: the index builds that end
-                # bulk_load() commit synchronously, which flushes all earlier WAL with them
-                cur.execute("SET LOCAL synchronous_commit = off")
-            # concurrent loads of the same partition run one after the other (the second one's
-            # DELETE would not see the first one's new rows and its INSERT would collide)
-            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                        (_ADVISORY_LOCK & 0x7FFFFFFF, partition_key))
+            # one round trip: lock_timeout; in bulk_load() no wait for the WAL flush at each
+            # partition's commit (the index builds that end bulk_load() commit synchronously,
+            # which flushes all earlier WAL with them); and the partition's lock, so concurrent
+            # loads of one partition run one after the other (the second one's DELETE would not
+            # see the first one's new rows and its COPY would collide)
+            cur.execute("SELECT set_config('lock_timeout', '60s', true), "
+                        "set_config('synchronous_commit', CASE WHEN %s THEN 'off' "
+                        "ELSE current_setting('synchronous_commit') END, true), "
+                        "pg_advisory_xact_lock(%s, hashtext(%s))",
+                        (self._bulk, _ADVISORY_LOCK & 0x7FFFFFFF, partition_key))
             if n and staging:
                 cur.execute("CREATE TEMP TABLE clay_stage (LIKE clay.observations "
                             "INCLUDING STORAGE INCLUDING DEFAULTS) ON COMMIT DROP")

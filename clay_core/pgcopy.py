@@ -74,7 +74,11 @@ class BinaryCopy:
                 raise ValueError(f"column {c.name}: unsupported type {c.pgtype!r}; "
                                  f"supported: {sorted(TYPES)}")
             if c.pgtype == "text":
-                tails.append(c)
+                enc = _uniform_text(c.values)
+                if enc is None:
+                    tails.append(c)
+                else:  # every value has the same byte length: a fixed-width field
+                    fixed.append((c, enc))
                 continue
             arr, null = _fixed_values(c)
             if null is not None and null.all():
@@ -93,6 +97,8 @@ class BinaryCopy:
             if c.pgtype in _VECTORS:
                 fields += [(f"d{i}", ">i2"), (f"u{i}", ">i2"),
                            (f"v{i}", _VECTORS[c.pgtype], (arr.shape[1],))]
+            elif c.pgtype == "text":
+                fields.append((f"v{i}", arr.dtype))
             else:
                 fields.append((f"v{i}", _FIXED[c.pgtype]))
         self._dtype = np.dtype(fields)
@@ -118,6 +124,8 @@ class BinaryCopy:
                 rec[f"l{i}"] = 4 + dim * _VECTORS[c.pgtype].itemsize
                 rec[f"d{i}"] = dim
                 rec[f"u{i}"] = 0
+            elif c.pgtype == "text":
+                rec[f"l{i}"] = arr.dtype.itemsize
             else:
                 rec[f"l{i}"] = _FIXED[c.pgtype].itemsize
             rec[f"v{i}"] = part
@@ -127,6 +135,22 @@ class BinaryCopy:
         pieces = [_split(rec.view(np.uint8), width, n)]
         pieces += [_tail(c, a, b) for c in self._tails]
         return b"".join(chain.from_iterable(zip(*pieces)))
+
+
+def _uniform_text(values) -> np.ndarray | None:
+    """UTF-8 of text values as a fixed-width bytes array when all have one byte length and none
+    is NULL (chip ids, tile ids, partition keys usually do); else None."""
+    if len(values) == 0 or None in values:
+        return None
+    vals = values if isinstance(values, list) else list(values)
+    if vals.count(vals[0]) == len(vals):
+        e = vals[0].encode()
+        return np.full(len(vals), e, dtype=f"S{max(len(e), 1)}") if e else None
+    enc = list(map(str.encode, vals))
+    n = len(enc[0])
+    if n == 0 or len(set(map(len, enc))) != 1:
+        return None
+    return np.array(enc, dtype=f"S{n}")
 
 
 def _fixed_values(c: CopyColumn) -> tuple[np.ndarray, np.ndarray | None]:

@@ -717,3 +717,25 @@ def test_upgrade_from_schema_3_keeps_rows_grants_and_footprints(db_url, monkeypa
     assert after == before
     with psycopg.connect(reader_url) as conn:
         assert conn.execute("SELECT count(*) FROM clay.chips").fetchone()[0] == 7
+
+
+def test_bulk_loads_skip_the_commit_flush_and_plain_loads_keep_the_setting(db_url, monkeypatch):
+    """Inside bulk_load() each partition commits without waiting for the WAL flush (the index
+    build at the end commits synchronously); outside, the session's setting is untouched."""
+    seen = []
+
+    def spy(self, cur):
+        cur.execute("SHOW synchronous_commit")
+        seen.append(cur.fetchone()[0])
+
+    monkeypatch.setattr(VectorStore, "_before_insert", spy)
+    with VectorStore(db_url, DIM) as store:
+        store.ensure_schema()
+        store._conn.execute("SET synchronous_commit = remote_apply")
+        store.load_partition(f"{DAYS[0]}|31UFQ", chips_frame("31UFQ", DAYS[0], 5), random_embeddings(5, 1))
+        with store.bulk_load():
+            store.load_partition(f"{DAYS[1]}|31UFQ", chips_frame("31UFQ", DAYS[1], 5), random_embeddings(5, 2))
+        store.load_partition(f"{DAYS[2]}|31UFQ", chips_frame("31UFQ", DAYS[2], 5), random_embeddings(5, 3))
+        assert seen == ["remote_apply", "off", "remote_apply"]
+        assert store._conn.execute("SHOW synchronous_commit").fetchone()[0] == "remote_apply"
+        assert store.count() == 15
