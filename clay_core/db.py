@@ -1600,7 +1600,8 @@ class VectorStore:
         the rows on the server (slower; see docs/benchmarks_vector.md).
         """
         t0 = time.perf_counter()
-        self._check_dim()
+        if not (self._bulk and self._storage is not None):  # a backfill checks once
+            self._check_dim()
         columns = _prepare_rows(partition_key, rows, embeddings, self.dim, self.storage)
         data = BinaryCopy(columns) if columns else None
         n = data.n if data is not None else 0
