@@ -936,6 +936,8 @@ def main(argv=None) -> int:
     print("# command: " + res["command"], flush=True)
 
     data = Data(args)
+    if any(c.endswith(":halfvec") for c in (args.configs or [])) or args.storage == "halfvec":
+        import torch  # noqa: F401 - halfvec loads convert with torch: import it before any timing
     res.update(nn_cosine_p50=data.nn_cosine_p50, rows=len(data.frame), partitions=len(data.groups),
                chips_per_partition=data.per, tiles=data.tiles, date_filter_fraction=float(data.dmask.mean()))
     print(f"data ready ({time.perf_counter() - T0:.0f}s): {len(data.frame):,} rows in "
