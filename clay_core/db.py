@@ -3,9 +3,12 @@
 Layout (schema ``clay``)::
 
     clay.schema_version   applied migrations (version, description, applied_at)
-    clay.meta             key/value: embedding dimension, checksum of the SQL functions
-    clay.observations     one row per chip observation (chip_id, acquired) + embedding vector(dim)
-    clay.chips            view over clay.observations: what users query
+    clay.meta             key/value: embedding dimension, storage, checksum of the SQL functions
+    clay.observations     one row per chip observation (chip_id, acquired) + embedding
+                          vector(dim), or halfvec(dim) with pgvector >= 0.7
+    clay.chips            view over clay.observations (+ geom_wkt computed from the bounds):
+                          what users query
+    clay.change_events    confirmed changes per chip
 
 SQL functions (stable names; call them from psql)::
 
@@ -21,8 +24,9 @@ an exact scan whenever the index returned fewer than ``k`` rows (a selective fil
 chip's own observations eating the candidate list), so ``k`` rows come back whenever ``k``
 qualifying rows exist.  ``min_similarity`` is applied to the k nearest found (rows below it are
 dropped, never replaced by farther ones).  Session knob: ``SET clay.ef_search = 200`` (base
-``hnsw.ef_search``, default 100; filtered queries raise it to ``clay.filter_oversample`` (default
-4) x k / selectivity, the selectivity being the planner's estimate).
+``hnsw.ef_search``, default 100).  Filtered queries use iterative index scans on pgvector >=
+0.8; on older pgvector they raise ef_search to ``clay.filter_oversample`` (default 4) x k /
+selectivity, the selectivity being the planner's estimate.
 ``k`` + the query chip's observations above 1000 (pgvector's ef_search limit) -> exact search.
 
 The embedded server (``database_url``/``start_embedded``) is a ``pgserver`` cluster (Postgres 16
@@ -45,7 +49,6 @@ import hashlib
 import logging
 import os
 import re
-import struct
 import time
 import warnings
 from dataclasses import dataclass
@@ -395,10 +398,6 @@ def sqlalchemy_url(url: str) -> Any:
     )
 
 
-def _import_pgserver():
-    return _import_flavour("pgserver")
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     with open(path, "a+") as fh:
@@ -539,7 +538,6 @@ ROW_COLUMNS: list[tuple[str, str, bool]] = [
     ("change_flag", "bool", False),
 ]
 _COLS = [c for c, _, _ in ROW_COLUMNS]
-_TYPES = {c: t for c, t, _ in ROW_COLUMNS}
 
 
 def _migration_1(dim: int, m: int, ef_construction: int, create_index: bool) -> list[str]:
@@ -610,7 +608,9 @@ def _migration_3(dim: int, m: int, ef_construction: int, create_index: bool) -> 
     ]
 
 
-# The chip footprint as WKT, computed from the bounds (float8 prints shortest round-trip).
+# The chip footprint as WKT, computed from the bounds.  float8 prints its shortest round-trip
+# form at the default extra_float_digits (1); a session with extra_float_digits <= 0 gets
+# rounded coordinates.
 _WKT_SQL = ("format('POLYGON((%s %s, %s %s, %s %s, %s %s, %s %s))', west, south, east, south, "
             "east, north, west, north, west, south)")
 
@@ -627,6 +627,8 @@ def _migration_4(dim: int, m: int, ef_construction: int, create_index: bool) -> 
         # same columns, names and types: CREATE OR REPLACE keeps the view's grants and comment
         f"CREATE OR REPLACE VIEW clay.chips AS SELECT {view_cols} FROM clay.observations",
         "ALTER TABLE clay.observations DROP COLUMN geom_wkt",
+        "COMMENT ON COLUMN clay.chips.geom_wkt IS "
+        "'Chip footprint as WKT POLYGON in WGS84 (lon lat), computed from west/south/east/north.'",
     ]
 
 
@@ -1258,11 +1260,21 @@ class VectorStore:
         """
         _check_hnsw_params(m, ef_construction)
         want = None if storage is None else _check_storage(storage)
-        with self._errors("creating the clay schema"), self._conn.transaction():
+        with self._storage_reset_on_error(), self._errors("creating the clay schema"), \
+                self._conn.transaction():
             cur = self._cursor()
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
             ext_changed = self._schema_locked(cur, m, ef_construction, create_index, want)
         self._register_types(force=ext_changed)
+
+    @contextlib.contextmanager
+    def _storage_reset_on_error(self) -> Iterator[None]:
+        # a rolled-back conversion must not leave the cached column type behind
+        try:
+            yield
+        except BaseException:
+            self._storage = None
+            raise
 
     def set_storage(self, storage: str) -> float:
         """Convert clay.observations.embedding to ``storage`` ("vector" | "halfvec") in place.
@@ -1275,7 +1287,8 @@ class VectorStore:
         """
         want = _check_storage(storage)
         t0 = time.perf_counter()
-        with self._errors(f"converting the embeddings to {want}"), self._conn.transaction():
+        with self._storage_reset_on_error(), self._errors(f"converting the embeddings to {want}"), \
+                self._conn.transaction():
             cur = self._cursor()
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
             if self._embedding_type() is None:
@@ -1552,24 +1565,31 @@ class VectorStore:
         and the filter indexes (tile/date/bbox) are dropped during the loads and built once at
         the end, which is much cheaper than maintaining them row by row (docs/benchmarks_vector.md).
         The primary key and the partition_key index stay: uniqueness and per-partition
-        replacement work as usual.  Searches during the block fall back to exact scans.  The
-        indexes are rebuilt even when the block raises (minutes at millions of rows)."""
+        replacement work as usual.  Searches during the block fall back to exact scans.
+
+        Each partition loaded in the block commits without waiting for its WAL flush; the index
+        build at the end commits synchronously and so flushes them all.  A server crash inside
+        the block can lose the last partitions reported loaded: re-run the backfill.  The
+        indexes are rebuilt (and the table analyzed) even when the block raises, which takes
+        minutes at millions of rows.
+        """
         # the rebuilt index keeps the dropped one's parameters unless new ones are given
         index_kwargs = {**(self.index_params() or {}), **index_kwargs}
-        self.drop_index()
-        self._bulk = True
-        with self._errors("dropping the filter indexes for a bulk load"):
-            for name, _ in _FILTER_INDEXES:
-                self._cursor().execute(f"DROP INDEX IF EXISTS clay.{name}")
         try:
+            self._bulk = True
+            self.drop_index()
+            with self._errors("dropping the filter indexes for a bulk load"):
+                for name, _ in _FILTER_INDEXES:
+                    self._cursor().execute(f"DROP INDEX IF EXISTS clay.{name}")
             yield self
         finally:
-            # also after a failure inside the block: searches need their indexes back
             self._bulk = False
             with self._errors("rebuilding the filter indexes"):
                 for _, ddl in _FILTER_INDEXES:
                     self._cursor().execute(ddl)
-            self.rebuild_index(**index_kwargs)
+            storage = self.table_storage() or self.storage
+            if self.dim <= _max_index_dim(storage):  # else there was no HNSW index to rebuild
+                self.rebuild_index(**index_kwargs)
             with self._errors("analyzing clay.observations after a bulk load"):
                 # fresh statistics: the filtered searches steer ef_search from row estimates
                 self._cursor().execute("ANALYZE clay.observations")
@@ -1603,7 +1623,7 @@ class VectorStore:
         if not (self._bulk and self._storage is not None):  # a backfill checks once
             self._check_dim()
         columns = _prepare_rows(partition_key, rows, embeddings, self.dim, self.storage)
-        data = BinaryCopy(columns) if columns else None
+        data = BinaryCopy(columns, encoding=self._conn.info.encoding) if columns else None
         n = data.n if data is not None else 0
         with self._errors(f"loading partition {partition_key!r}"), self._conn.transaction():
             cur = self._cursor()
@@ -1650,8 +1670,9 @@ class VectorStore:
         One Postgres backend parses and writes one COPY stream, so a single connection leaves
         the other cores idle; two streams nearly double the rate on two cores
         (docs/benchmarks_vector.md).  ``progress(partition_key, stats)`` is called after each
-        partition.  The first failure stops the remaining work and is raised; partitions
-        committed before it stay loaded.
+        partition, from the loading threads, one call at a time (it must not use the store).
+        The first failure (a load, the iterator, or ``progress``) stops the remaining work and
+        is raised once every thread has stopped; partitions committed before it stay loaded.
         """
         import threading
 
@@ -1659,37 +1680,41 @@ class VectorStore:
             raise ConfigError(f"workers must be a positive integer, got {workers!r}")
         items = iter(partitions)
         lock = threading.Lock()
+        stop = threading.Event()
         failed: list[BaseException] = []
         done = {"rows": 0}
         t0 = time.perf_counter()
 
         def work(store: "VectorStore") -> None:
-            while not failed:
-                with lock:
-                    item = next(items, None)
-                if item is None:
-                    return
-                try:
+            try:
+                while not failed and not stop.is_set():
+                    with lock:  # the iterator (maybe a generator) is not thread-safe
+                        item = next(items, None)
+                    if item is None:
+                        return
                     stats = store.load_partition(item[0], item[1], item[2], staging=staging)
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
-                    failed.append(exc)
-                    return
-                with lock:
-                    done["rows"] += stats.rows
-                if progress is not None:
-                    progress(item[0], stats)
+                    with lock:
+                        done["rows"] += stats.rows
+                        if progress is not None:
+                            progress(item[0], stats)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the caller below
+                failed.append(exc)
 
-        extra = [VectorStore(self.url, self.dim) for _ in range(workers - 1)]
+        extra: list[VectorStore] = []
+        threads: list[threading.Thread] = []
         try:
-            for st in extra:
+            for _ in range(workers - 1):
+                st = VectorStore(self.url, self.dim)
                 st._bulk = self._bulk
+                extra.append(st)
             threads = [threading.Thread(target=work, args=(st,), daemon=True) for st in extra]
             for th in threads:
                 th.start()
             work(self)
-            for th in threads:
-                th.join()
         finally:
+            stop.set()  # on an error or interrupt here, the other workers finish their partition
+            for th in threads:
+                th.join()  # no connection is closed while its thread may still use it
             for st in extra:
                 st.close()
         if failed:

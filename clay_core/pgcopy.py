@@ -12,6 +12,7 @@ Format reference: PostgreSQL docs, "COPY" -> "Binary Format"; pgvector's ``vecto
 
 from __future__ import annotations
 
+import codecs
 import operator
 import struct
 from dataclasses import dataclass
@@ -61,26 +62,30 @@ class BinaryCopy:
     """Rows of ``columns`` as binary COPY data: ``names`` gives the COPY column list (fixed-width
     columns first, then text and nullable ones), ``chunks()`` the bytes to write."""
 
-    def __init__(self, columns: Sequence[CopyColumn]):
+    def __init__(self, columns: Sequence[CopyColumn], encoding: str = "utf-8"):
         if not columns:
             raise ValueError("BinaryCopy needs at least one column")
         lengths = {c.name: len(c.values) for c in columns}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"columns differ in length: {lengths}")
         self.n = next(iter(lengths.values()))
+        self.encoding = codecs.lookup(encoding).name  # the connection's client_encoding
         fixed, tails = [], []
         for c in columns:
             if c.pgtype not in TYPES:
                 raise ValueError(f"column {c.name}: unsupported type {c.pgtype!r}; "
                                  f"supported: {sorted(TYPES)}")
             if c.pgtype == "text":
-                enc = _uniform_text(c.values)
+                values = list(c.values)
+                enc = _uniform_text(values, encoding)
                 if enc is None:
-                    tails.append(c)
+                    tails.append(CopyColumn(c.name, c.pgtype, values))
                 else:  # every value has the same byte length: a fixed-width field
                     fixed.append((c, enc))
                 continue
             arr, null = _fixed_values(c)
+            if c.pgtype in _VECTORS and null is not None and null.any():
+                raise ValueError(f"column {c.name}: {c.pgtype} values cannot be NULL")
             if null is not None and null.all():
                 tails.append(CopyColumn(c.name, "null", None))
             elif null is not None and null.any():
@@ -90,7 +95,6 @@ class BinaryCopy:
         self._fixed = fixed
         self._tails = tails
         self.names = [c.name for c, _ in fixed] + [c.name for c in tails]
-        self._nfields = struct.pack(">h", len(columns))
         fields = [("nf", ">i2")]
         for i, (c, arr) in enumerate(fixed):
             fields.append((f"l{i}", ">i4"))
@@ -133,24 +137,31 @@ class BinaryCopy:
             return rec.tobytes()
         width = self._dtype.itemsize
         pieces = [_split(rec.view(np.uint8), width, n)]
-        pieces += [_tail(c, a, b) for c in self._tails]
+        pieces += [_tail(c, a, b, self.encoding) for c in self._tails]
         return b"".join(chain.from_iterable(zip(*pieces)))
 
 
-def _uniform_text(values) -> np.ndarray | None:
-    """UTF-8 of text values as a fixed-width bytes array when all have one byte length and none
+def _uniform_text(vals: list, encoding: str) -> np.ndarray | None:
+    """Encoded text values as a fixed-width bytes array when all have one byte length and none
     is NULL (chip ids, tile ids, partition keys usually do); else None."""
-    if len(values) == 0 or None in values:
+    if not vals or None in vals:
         return None
-    vals = values if isinstance(values, list) else list(values)
     if vals.count(vals[0]) == len(vals):
-        e = vals[0].encode()
-        return np.full(len(vals), e, dtype=f"S{max(len(e), 1)}") if e else None
-    enc = list(map(str.encode, vals))
+        e = _encode(vals[0], encoding)
+        return np.full(len(vals), e, dtype=f"S{len(e)}") if e else None
+    enc = [_encode(v, encoding) for v in vals] if encoding != "utf-8" else list(map(str.encode, vals))
     n = len(enc[0])
     if n == 0 or len(set(map(len, enc))) != 1:
         return None
     return np.array(enc, dtype=f"S{n}")
+
+
+def _encode(v: str, encoding: str) -> bytes:
+    try:
+        return v.encode(encoding)
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text {v!r} cannot be sent in the connection's encoding {encoding}: "
+                         f"{exc.reason}; use a UTF8 database") from None
 
 
 def _fixed_values(c: CopyColumn) -> tuple[np.ndarray, np.ndarray | None]:
@@ -176,6 +187,11 @@ def _fixed_values(c: CopyColumn) -> tuple[np.ndarray, np.ndarray | None]:
         nat = np.isnan(arr) if arr.dtype.kind == "f" else np.zeros(len(arr), bool)
         if c.pgtype == "bool":
             arr = arr.astype(bool)
+        elif c.pgtype in ("int2", "int4", "int8") and arr.size:
+            info = np.iinfo(_FIXED[c.pgtype].newbyteorder("="))
+            if arr.dtype.kind not in "iub" or arr.min() < info.min or arr.max() > info.max:
+                raise ValueError(f"column {c.name}: values do not fit {c.pgtype} "
+                                 f"([{info.min}, {info.max}])")
     if nat.any():
         null = nat if null is None else (null | nat)
     if null is not None:
@@ -183,7 +199,7 @@ def _fixed_values(c: CopyColumn) -> tuple[np.ndarray, np.ndarray | None]:
     return arr, null
 
 
-def _tail(c: CopyColumn, a: int, b: int) -> list:
+def _tail(c: CopyColumn, a: int, b: int, encoding: str = "utf-8") -> list:
     """Length-prefixed field bytes of rows a..b of a text, NULL or nullable column."""
     if c.pgtype == "null":
         return [_NULL] * (b - a)
@@ -192,9 +208,9 @@ def _tail(c: CopyColumn, a: int, b: int) -> list:
         if not isinstance(vals, list):
             vals = list(vals)
         if vals and vals.count(vals[0]) == len(vals):  # constant column (tile, model id...)
-            return [_text_field(vals[0])] * len(vals)
-        if None in vals:
-            return [_text_field(v) for v in vals]
+            return [_text_field(vals[0], encoding)] * len(vals)
+        if None in vals or encoding != "utf-8":
+            return [_text_field(v, encoding) for v in vals]
         # map() over builtins keeps the per-row work in C
         enc = list(map(str.encode, vals))
         return list(map(operator.add, map(_PACK_I4, map(len, enc)), enc))
@@ -207,10 +223,10 @@ def _tail(c: CopyColumn, a: int, b: int) -> list:
     return [_NULL if m else r for r, m in zip(rows, c.null[a:b].tolist())]
 
 
-def _text_field(v: str | None) -> bytes:
+def _text_field(v: str | None, encoding: str = "utf-8") -> bytes:
     if v is None:
         return _NULL
-    e = v.encode()
+    e = _encode(v, encoding)
     return _PACK_I4(len(e)) + e
 
 

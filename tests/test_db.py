@@ -678,6 +678,12 @@ def test_upgrade_from_schema_3_keeps_rows_grants_and_footprints(db_url, monkeypa
         before = conn.execute("SELECT chip_id, geom_wkt FROM clay.chips ORDER BY chip_id").fetchall()
     with VectorStore(db_url, DIM) as store:
         reader_url = store.create_reader_role("clay_old_reader")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # a grant made by hand, not covered by the reader role's default privileges
+        conn.execute("DROP ROLE IF EXISTS clay_hand_granted")
+        conn.execute("CREATE ROLE clay_hand_granted")
+        conn.execute("GRANT SELECT ON clay.chips TO clay_hand_granted")
+        view_comment = conn.execute("SELECT obj_description('clay.chips'::regclass)").fetchone()[0]
     monkeypatch.undo()
     with VectorStore(db_url, DIM) as store:
         store.ensure_schema()
@@ -695,6 +701,16 @@ def test_upgrade_from_schema_3_keeps_rows_grants_and_footprints(db_url, monkeypa
     assert after == before
     with psycopg.connect(reader_url) as conn:
         assert conn.execute("SELECT count(*) FROM clay.chips").fetchone()[0] == 7
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert conn.execute("SELECT has_table_privilege('clay_hand_granted', 'clay.chips', "
+                            "'SELECT')").fetchone()[0]
+        assert conn.execute("SELECT obj_description('clay.chips'::regclass)").fetchone()[0] == view_comment
+        col_comment = conn.execute(
+            "SELECT col_description('clay.chips'::regclass, a.attnum) FROM pg_attribute a "
+            "WHERE a.attrelid = 'clay.chips'::regclass AND a.attname = 'geom_wkt'").fetchone()[0]
+        assert col_comment and "WKT" in col_comment
+        conn.execute("DROP OWNED BY clay_hand_granted")
+        conn.execute("DROP ROLE clay_hand_granted")
 
 
 def test_bulk_loads_skip_the_commit_flush_and_plain_loads_keep_the_setting(db_url, monkeypatch):
@@ -717,3 +733,55 @@ def test_bulk_loads_skip_the_commit_flush_and_plain_loads_keep_the_setting(db_ur
         assert seen == ["remote_apply", "off", "remote_apply"]
         assert store._conn.execute("SHOW synchronous_commit").fetchone()[0] == "remote_apply"
         assert store.count() == 15
+
+
+def test_load_partitions_over_two_connections_stops_on_any_failure(db_url):
+    with VectorStore(db_url, DIM) as store:
+        store.ensure_schema()
+        good = [(f"{day}|{tile}", chips_frame(tile, day, 15), random_embeddings(15, i))
+                for i, (day, tile) in enumerate((d, t) for d in DAYS for t in TILES)]
+
+        def progress(key, stats):
+            if key == good[2][0]:
+                raise RuntimeError("progress callback failed")
+
+        with pytest.raises(RuntimeError, match="progress callback failed"):
+            store.load_partitions(good, workers=2, progress=progress)
+        loaded = store.partition_chip_count()
+        assert good[2][0] in loaded and len(loaded) < len(good)
+
+        def items():
+            yield good[0]
+            raise OSError("reading the embeddings store failed")
+
+        with pytest.raises(OSError, match="embeddings store"):
+            store.load_partitions(items(), workers=2)
+        # every worker has stopped and its connection is closed: only ours is left
+        n_conn = sql_rows(db_url, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                  "current_database() AND application_name = 'clay-assets'")[0][0]
+        assert n_conn == 1
+        pids = set()
+
+        def record_pid(key, stats):
+            pids.update(p for (p,) in sql_rows(
+                db_url, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND application_name = 'clay-assets'"))
+
+        stats = store.load_partitions(good, workers=2, progress=record_pid)
+        assert stats.rows == 15 * len(good) and store.count() == 15 * len(good)
+        assert len(pids) >= 2  # a second connection was really used
+
+
+def test_bulk_load_restores_indexes_when_its_block_fails(db_url):
+    with VectorStore(db_url, DIM) as store:
+        store.ensure_schema(m=8, ef_construction=40)
+        before = _index_defs(db_url)
+        with pytest.raises(ZeroDivisionError):
+            with store.bulk_load():
+                store.load_partition(f"{DAYS[0]}|31UFQ", chips_frame("31UFQ", DAYS[0], 8),
+                                     random_embeddings(8, 1))
+                1 / 0
+        assert _index_defs(db_url) == before and not store._bulk
+        assert store.count() == 8  # the committed partition stays
+        got = store.similar_to_vector(random_embeddings(1, 1)[0], k=1)
+        assert got["chip_id"].tolist() == ["31UFQ_r00c00"]

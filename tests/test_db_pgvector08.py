@@ -289,6 +289,16 @@ def test_unfiltered_and_few_matches_on_pgvector08(world08):
     want = exact_search(frame, emb, q, 10, -1, exclude=[chip], mask=mask)
     assert 0 < len(want) < 10
     assert_same_result(got, want)
+    # the functions change hnsw.* only for their own duration (both the static, unfiltered
+    # path and the dynamic, filtered one): the session's settings are as before
+    cur = store._conn.cursor()
+    cur.execute("SET hnsw.ef_search = 33")
+    before = [cur.execute(f"SHOW hnsw.{g}").fetchone()[0] for g in ("ef_search", "iterative_scan")]
+    cur.execute("SELECT count(*) FROM clay.similar_chips(%s, 10)", (chip,))
+    cur.execute("SELECT count(*) FROM clay.similar_to_vector(%s::vector, 10, 0, %s)",
+                ("[" + ",".join(map(str, q)) + "]", [TILES[1]]))
+    after = [cur.execute(f"SHOW hnsw.{g}").fetchone()[0] for g in ("ef_search", "iterative_scan")]
+    assert after == before == ["33", "off"]
 
 
 # ------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 
 import numpy as np
+import pandas as pd
 import psycopg
 import pytest
 
@@ -113,3 +114,49 @@ def test_bad_input_is_rejected():
         BinaryCopy([CopyColumn("a", "jsonb", ["{}"])])
     with pytest.raises(ValueError, match="must be 2-D"):
         BinaryCopy([CopyColumn("e", "vector", np.zeros(3, np.float32))])
+
+
+def test_fixed_width_text_with_multibyte_characters(conn):
+    """Columns whose values share one byte length become fixed-width fields; characters of
+    different widths must still arrive intact."""
+    conn.execute("DROP TABLE IF EXISTS mb")
+    conn.execute("CREATE TABLE mb (i int8, a text, b text, c text)")
+    a = ["é", "ab", "ü", "zz"]        # 2 bytes each, 1 or 2 characters
+    b = ["é", "a", "日本", "x"]        # different byte lengths
+    c = pd.Series(["same"] * 4, index=[10, 11, 12, 13])  # a Series: values, not its index
+    data = BinaryCopy([CopyColumn("i", "int8", np.arange(4)), CopyColumn("a", "text", a),
+                       CopyColumn("b", "text", b), CopyColumn("c", "text", c)])
+    _copy(conn, "mb", data, 3)
+    got = conn.execute("SELECT a, b, c FROM mb ORDER BY i").fetchall()
+    assert got == list(zip(a, b, c.tolist()))
+
+
+def test_text_follows_the_connection_encoding(pg_url):
+    name = "t_pgcopy_latin1"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+                      "TEMPLATE template0")
+    url = psycopg.conninfo.make_conninfo(pg_url, dbname=name)
+    try:
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute("CREATE TABLE l1 (s text)")
+            assert c.info.encoding == "iso8859-1"
+            _copy(c, "l1", BinaryCopy([CopyColumn("s", "text", ["café", "naïve"])],
+                                      encoding=c.info.encoding), 10)
+            assert [r[0] for r in c.execute("SELECT s FROM l1 ORDER BY s")] == ["café", "naïve"]
+            with pytest.raises(ValueError, match="encoding iso8859-1"):
+                BinaryCopy([CopyColumn("s", "text", ["✓ done", "ok"])], encoding=c.info.encoding)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_values_that_do_not_fit_are_refused():
+    with pytest.raises(ValueError, match="do not fit int4"):
+        BinaryCopy([CopyColumn("k", "int4", np.array([1, 2**31 + 5]))])
+    with pytest.raises(ValueError, match="do not fit int2"):
+        BinaryCopy([CopyColumn("k", "int2", np.array([-40000]))])
+    with pytest.raises(ValueError, match="cannot be NULL"):
+        BinaryCopy([CopyColumn("e", "vector", np.zeros((2, 3), np.float32),
+                               null=np.array([False, True]))])
