@@ -533,6 +533,7 @@ def _write_cube_s3(ds: xr.Dataset, url: str, encoding: dict, options: dict) -> s
     try:
         ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
     except BaseException:
+        store.abort_writes()  # zarr's other write tasks may still be running
         with contextlib.suppress(Exception):  # best effort: nothing points at it anyway
             _delete_prefix(client, bucket, version + "/")
         raise
@@ -544,6 +545,34 @@ def _write_cube_s3(ds: xr.Dataset, url: str, encoding: dict, options: dict) -> s
     if old is not None and old["prefix"] != version:
         _delete_prefix(client, bucket, old["prefix"] + "/")
     return url
+
+
+class _WriteGate:
+    """Counts writes in flight; once aborted, refuses new ones."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._aborted = False
+
+    def run(self, where: str, fn, *args, **kwargs):
+        with self._cond:
+            if self._aborted:
+                raise OSError(f"writes to {where} were aborted after an earlier failure")
+            self._pending += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
+
+    def abort(self, timeout: float) -> bool:
+        with self._cond:
+            self._aborted = True
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
 
 
 try:
@@ -562,12 +591,19 @@ class S3Store(Store):  # type: ignore[misc,valid-type]
     supports_listing = True
     supports_partial_writes = False
 
-    def __init__(self, client, bucket: str, prefix: str, *, read_only: bool = False) -> None:
+    def __init__(self, client, bucket: str, prefix: str, *, read_only: bool = False,
+                 _gate: "_WriteGate | None" = None) -> None:
         super().__init__(read_only=read_only)
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/")
+        self._gate = _gate or _WriteGate()  # shared with with_read_only() copies
 
     def with_read_only(self, read_only: bool = False) -> "S3Store":
-        return type(self)(self.client, self.bucket, self.prefix, read_only=read_only)
+        return type(self)(self.client, self.bucket, self.prefix, read_only=read_only, _gate=self._gate)
+
+    def abort_writes(self, timeout: float = 120.0) -> bool:
+        """Refuse further writes and wait for the PUTs in flight.  After a failed write zarr's
+        other write tasks keep running, so cleaning up before they finish would leave debris."""
+        return self._gate.abort(timeout)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, S3Store) and (self.bucket, self.prefix, self.read_only)
@@ -639,7 +675,8 @@ class S3Store(Store):  # type: ignore[misc,valid-type]
 
         self._check_writable()
         body = value.to_bytes()
-        await asyncio.to_thread(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body)
+        await asyncio.to_thread(self._gate.run, f"s3://{self.bucket}/{self.prefix}",
+                                self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body)
 
     async def delete(self, key: str) -> None:
         import asyncio

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -430,18 +431,35 @@ def test_write_cube_s3_publishes_atomically_through_a_pointer(monkeypatch):
 
         # a write that fails half-way leaves the published cube alone and no debris behind
         real_set = chips_mod.S3Store.set
-        calls = {"n": 0}
 
         async def flaky_set(self, key, value):
-            calls["n"] += 1
-            if calls["n"] > 5:
+            if key.startswith("pixels/c/") and not key.startswith("pixels/c/0/"):
                 raise OSError("connection reset")
             return await real_set(self, key, value)
 
+        real_client = chips_mod._s3_client
+
+        def slow_client(options):
+            # the first shard's PUT is still running in its thread when another shard fails
+            # (zarr does not wait for it): it must not land after the cleanup
+            client = real_client(options)
+            put = client.put_object
+
+            def put_object(**kw):
+                if "/pixels/c/0/" in kw["Key"]:
+                    time.sleep(0.5)
+                return put(**kw)
+
+            client.put_object = put_object
+            return client
+
+        monkeypatch.setattr(chips_mod, "_s3_client", slow_client)
         monkeypatch.setattr(chips_mod.S3Store, "set", flaky_set)
         with pytest.raises(OSError, match="connection reset"):
             write_cube(to_dataset(b, 16), url, shard_chips=4, storage_options=opts)
+        monkeypatch.setattr(chips_mod, "_s3_client", real_client)
         monkeypatch.setattr(chips_mod.S3Store, "set", real_set)
+        time.sleep(0.8)  # a straggling PUT would have landed by now
         assert sorted(_objects(m)) == sorted(keys)
         assert_cube_equals(open_cube(url, opts), a)
 
