@@ -575,3 +575,20 @@ def test_pgserver_cluster_upgrades_to_pixeltable_and_keeps_that_flavour(monkeypa
     finally:
         stop_embedded(pgdata)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_vectordb_resource_storage_setting(db08, monkeypatch):
+    """CLAY_VECTOR_STORAGE reaches the Dagster resource; unset keeps the table's type."""
+    from clay_assets.definitions import build_resources
+    from clay_assets.resources import VectorDB
+
+    monkeypatch.setenv("CLAY_VECTOR_STORAGE", "halfvec")
+    res = build_resources(database_url=db08)
+    assert res["vectordb"].storage == "halfvec"
+    with res["vectordb"].store(DIM) as store:
+        assert store.storage == "halfvec" and store.table_storage() == "halfvec"
+        frame, _ = load(store, tiles=TILES[:1], days=DAYS[:1])
+    with VectorDB(database_url=db08).store(DIM) as store:  # storage unset: kept
+        assert store.table_storage() == "halfvec" and store.count() == len(frame)
+    with VectorDB(database_url=db08, storage="vector").store(DIM) as store:  # set: converted
+        assert store.table_storage() == "vector" and store.count() == len(frame)
