@@ -553,7 +553,7 @@ def _migration_1(dim: int, m: int, ef_construction: int, create_index: bool) -> 
   CONSTRAINT observations_pkey PRIMARY KEY (chip_id, acquired)
 )""",
         "CREATE INDEX observations_partition_key_idx ON clay.observations (partition_key)",
-        "CREATE INDEX observations_tile_acquired_idx ON clay.observations (tile, acquired)",
+        dict(_FILTER_INDEXES)["observations_tile_acquired_idx"],
         "CREATE TABLE IF NOT EXISTS clay.meta (key text PRIMARY KEY, value text NOT NULL)",
         f"INSERT INTO clay.meta VALUES ('dim', '{dim}') ON CONFLICT (key) DO NOTHING",
         "COMMENT ON TABLE clay.observations IS "
@@ -580,11 +580,8 @@ def _migration_1(dim: int, m: int, ef_construction: int, create_index: bool) -> 
 
 def _migration_2(dim: int, m: int, ef_construction: int, create_index: bool) -> list[str]:
     """Indexes for the filtered searches (date range, bbox)."""
-    return [
-        "CREATE INDEX observations_acquired_idx ON clay.observations (acquired)",
-        "CREATE INDEX observations_bounds_gist_idx ON clay.observations "
-        "USING gist (box(point(west, south), point(east, north)))",
-    ]
+    return [ddl for name, ddl in _FILTER_INDEXES
+            if name in ("observations_acquired_idx", "observations_bounds_gist_idx")]
 
 
 def _migration_3(dim: int, m: int, ef_construction: int, create_index: bool) -> list[str]:
@@ -632,8 +629,8 @@ def _migration_4(dim: int, m: int, ef_construction: int, create_index: bool) -> 
     ]
 
 
-# Secondary indexes for filtered searches (created by migrations 1 and 2); bulk_load() drops
-# them during a backfill and recreates them from these definitions.
+# Secondary indexes for filtered searches: migrations 1 and 2 create them, bulk_load() drops them
+# during a backfill and recreates them from these definitions.
 _FILTER_INDEXES = [
     ("observations_tile_acquired_idx",
      "CREATE INDEX IF NOT EXISTS observations_tile_acquired_idx ON clay.observations (tile, acquired)"),
@@ -1349,15 +1346,7 @@ class VectorStore:
             _log.warning("converting clay.observations.embedding on %s from %s to %s(%d) "
                          "(rewrites the table and rebuilds the HNSW index)", self._where, current,
                          want, self.dim)
-        cur.execute(
-            "SELECT c.reloptions FROM pg_class c WHERE c.oid = to_regclass(%s)",
-            (f"clay.{HNSW_INDEX}",),
-        )
-        row = cur.fetchone()
-        params = None
-        if row:
-            opts = dict(o.split("=", 1) for o in (row[0] or []))
-            params = (int(opts.get("m", 16)), int(opts.get("ef_construction", 64)))
+        params = self.index_params()  # same connection: read inside this transaction
         cur.execute(f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}")
         # the view selects the column (ALTER ... TYPE refuses): drop it, re-create it as it was
         cur.execute(
@@ -1390,18 +1379,25 @@ class VectorStore:
                 cur.execute(f"GRANT {privilege} ON clay.chips TO {grantee}"
                             + (" WITH GRANT OPTION" if grantable else ""))
         if params and self.dim <= _max_index_dim(want):
-            n = self.count()
-            need = int(n * (self.dim * (2 if want == "halfvec" else 4) + 16 * params[0] + 200)
-                       * 1.3 / 2**20) + 64
-            cur.execute("SELECT set_config('maintenance_work_mem', %s, true)",
-                        (f"{min(max(need, 64), 4096)}MB",))
-            try:
-                with self._conn.transaction():
-                    cur.execute(_create_index_sql(*params, want))
-            except psycopg.errors.DiskFull:  # /dev/shm too small for a parallel build (docker)
-                cur.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
-                cur.execute(_create_index_sql(*params, want))
+            self._build_hnsw(cur, params["m"], params["ef_construction"], want)
         self._storage = want
+
+    def _build_hnsw(self, cur, m: int, ef_construction: int, storage: str,
+                    maintenance_work_mem: str | None = None) -> None:
+        """CREATE the HNSW index in the caller's transaction, with maintenance_work_mem sized to
+        the graph (64MB..4GB) unless given, so the build does not spill."""
+        if maintenance_work_mem is None:
+            bytes_per_dim = 2 if storage == "halfvec" else 4
+            need = int(self.count() * (self.dim * bytes_per_dim + 16 * m + 200) * 1.3 / 2**20) + 64
+            maintenance_work_mem = f"{min(max(need, 64), 4096)}MB"
+        cur.execute("SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,))
+        try:
+            with self._conn.transaction():
+                cur.execute(_create_index_sql(m, ef_construction, storage))
+        except psycopg.errors.DiskFull:  # /dev/shm too small for a parallel build (docker)
+            _log.warning("parallel HNSW build ran out of shared memory; building serially")
+            cur.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
+            cur.execute(_create_index_sql(m, ef_construction, storage))
 
     def _schema_locked(self, cur, m: int, ef_construction: int, create_index: bool,
                        want: str | None) -> bool:
@@ -1536,27 +1532,14 @@ class VectorStore:
         m = cur_params["m"] if m is None else m
         ef_construction = cur_params["ef_construction"] if ef_construction is None else ef_construction
         _check_hnsw_params(m, ef_construction)
-        if maintenance_work_mem is None:
-            n = self.count()
-            bytes_per_dim = 2 if storage == "halfvec" else 4
-            need = int(n * (self.dim * bytes_per_dim + 16 * m + 200) * 1.3 / 2**20) + 64
-            maintenance_work_mem = f"{min(max(need, 64), 4096)}MB"
         t0 = time.perf_counter()
         with self._errors("rebuilding the HNSW index"), self._conn.transaction():
             cur = self._cursor()
-            cur.execute("SELECT set_config('maintenance_work_mem', %s, true)",
-                        (maintenance_work_mem,))
             if parallel_workers is not None:
                 cur.execute("SELECT set_config('max_parallel_maintenance_workers', %s, true)",
                             (str(int(parallel_workers)),))
             cur.execute(f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}")
-            try:
-                with self._conn.transaction():
-                    cur.execute(_create_index_sql(m, ef_construction, storage))
-            except psycopg.errors.DiskFull:  # /dev/shm too small for a parallel build (docker)
-                _log.warning("parallel HNSW build ran out of shared memory; building serially")
-                cur.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
-                cur.execute(_create_index_sql(m, ef_construction, storage))
+            self._build_hnsw(cur, m, ef_construction, storage, maintenance_work_mem)
         return time.perf_counter() - t0
 
     @contextlib.contextmanager
