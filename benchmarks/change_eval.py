@@ -5,7 +5,7 @@ years (seasonal cycle, clouds on every 5th acquisition, per-pixel noise) and for
 clearings planted after the first year. Scenes are chipped (64 px, chips with > 20 % cloud
 dropped, so a chip's series has missing dates as in real data), embedded with the tiny
 Clay encoder on the CPU, projected on ONE PCA basis fitted over all embeddings, and every
-chip's series goes through ``clay_core.changepoint.detect_changes`` on its first PCs.
+chip's series goes through ``clay_core.change.detector.detect_changes`` on its first PCs.
 
 Two scenarios run on the same world and clearings:
 
@@ -58,11 +58,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clay_core.changepoint import ChangeParams, detect_changes, distances_to_previous  # noqa: E402
+from clay_core.change.detector import ChangeParams, detect_changes, distances_to_previous  # noqa: E402
 from clay_core.chips import ChipParams, ChipSet, chip_id, chip_scene  # noqa: E402
-from clay_core.embed import embed_chips  # noqa: E402
-from clay_core.model import build_encoder  # noqa: E402
-from clay_core.pca import fit_incremental  # noqa: E402
+from clay_core.encoder.engine import embed_chips  # noqa: E402
+from clay_core.encoder.model import build_encoder  # noqa: E402
+from clay_core.change.pca import fit_incremental  # noqa: E402
 from clay_core.sources.synthetic import SyntheticSceneSource, SyntheticWorld  # noqa: E402
 from clay_core.types import Scene, SceneRef, TileGrid  # noqa: E402
 

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clay_core.embed import embed_chips, resolve_device  # noqa: E402
-from clay_core.encoding import encode_latlon, encode_time, normalize, waves_for  # noqa: E402
-from clay_core.model import PRESETS, build_encoder, count_parameters, forward_flops  # noqa: E402
+from clay_core.encoder.engine import embed_chips, resolve_device  # noqa: E402
+from clay_core.encoder.inputs import encode_latlon, encode_time, normalize, waves_for  # noqa: E402
+from clay_core.encoder.model import PRESETS, build_encoder, count_parameters, forward_flops  # noqa: E402
 from clay_core.platforms import get_platform  # noqa: E402
 
 PLATFORM = "sentinel-2-l2a"

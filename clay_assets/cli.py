@@ -36,14 +36,14 @@ def _dagster_home(home: Path) -> Path:
 
 def _query_store(url: str):
     """A VectorStore for queries only (the dimension matters for loads, not searches)."""
-    from clay_core.db import VectorStore
-    from clay_core.model import resolve_config
+    from clay_core.vectordb import VectorStore
+    from clay_core.encoder.model import resolve_config
 
     return VectorStore(url, resolve_config(os.environ.get("CLAY_PRESET", "tiny"))["dim"])
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
-    from clay_core.db import database_url
+    from clay_core.vectordb import database_url
 
     print(database_url(_home()))
     return 0
@@ -102,7 +102,7 @@ def _load_all_scores(layout, tiles, windows):
 
 def change_report(resources: dict, tiles: list[str], windows: list[str]):
     """DetectionReport of the stored change flags against the synthetic source's planted changes."""
-    from clay_core.evaluate import score_detections, truth_chips
+    from clay_core.change.evaluate import score_detections, truth_chips
 
     src = resources["source"].get_source()
     if not hasattr(src, "planted_changes"):
@@ -177,8 +177,8 @@ def run_search(store, args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from clay_core.db import database_url
-    from clay_core.search import write_geojson
+    from clay_core.vectordb import database_url
+    from clay_core.vectordb.export import write_geojson
 
     store = _query_store(database_url(_home()))
     try:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # Tests never use a developer's state: point CLAY_HOME somewhere temporary before imports.
 os.environ.setdefault("CLAY_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"clay-test-home-{os.getpid()}"))
@@ -25,7 +23,7 @@ def pg_server() -> str:
     import shutil
     import tempfile
 
-    from clay_core.db import start_embedded, stop_embedded
+    from clay_core.vectordb import start_embedded, stop_embedded
 
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
@@ -66,7 +64,7 @@ def pg08_server():
     import shutil
     import tempfile
 
-    from clay_core.db import start_embedded, stop_embedded
+    from clay_core.vectordb import start_embedded, stop_embedded
 
     base = Path(tempfile.mkdtemp(prefix="clay-test-pg08-"))
     base.chmod(0o755)  # postgres runs as an unprivileged user when we are root

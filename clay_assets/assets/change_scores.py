@@ -3,7 +3,7 @@
 For each chip in the window: cosine distance to its baseline and to its previous clear
 observation, deviation of its first principal components from a robust harmonic seasonal fit,
 a robust z-score among the tile's chips on that date, and a per-date change flag (see
-``clay_core.change``). A CCDC-style detector (``clay_core.changepoint``) also follows each
+``clay_core.change.scores``). A CCDC-style detector (``clay_core.change.detector``) also follows each
 chip's principal components from window to window: its state is saved with the partition, so
 a new window updates it incrementally instead of recomputing history, and confirmed changes
 (first date, confirmation date, magnitude) are written to ``events.parquet`` and, by
@@ -21,11 +21,11 @@ from clay_assets.metadata import image_md
 from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ChangeSettings, ClayHome
 from clay_assets.versions import CHANGE_LOGIC
-from clay_core.change import Observations, advance_events, score_partition
-from clay_core.embed_store import read_observations
-from clay_core.maps import intensity_map, series_plot
-from clay_core.pca import load_current
-from clay_core.store import atomic_dir, read_manifest, write_manifest
+from clay_core.change.scores import Observations, advance_events, score_partition
+from clay_core.encoder.store import read_observations
+from clay_core.render import intensity_map, series_plot
+from clay_core.change.pca import load_current
+from clay_core.storage.layout import atomic_dir, read_manifest, write_manifest
 
 STATE_FILE = "detector_state.json"
 
@@ -144,7 +144,7 @@ def _grid_geojson(index: pd.DataFrame, scores: pd.DataFrame) -> str:
 def _series_md(layout, tile, window, chip_ids, history, current, basis, k, states, scores) -> MetadataValue:
     """PC1 over time for the given chips: flagged observations in red, the detector's fitted
     harmonic baseline dashed (once the chip has one)."""
-    from clay_core.changepoint import ChangeState, to_decimal_years
+    from clay_core.change.detector import ChangeState, to_decimal_years
 
     all_obs = Observations.concat([*history, current], current.vectors.shape[1])
     pc1 = basis.transform(all_obs.vectors)[:, 0]

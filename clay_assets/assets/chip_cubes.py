@@ -30,7 +30,7 @@ from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ChipSettings, ClayHome, SceneSourceResource
 from clay_assets.versions import chips_code_version, digest
 from clay_core.chips import ChipSet, chip_source_scene, mosaic, png_bytes, rgb_image, thumb_name, to_dataset, write_cube, write_index
-from clay_core.store import atomic_dir, read_manifest, write_manifest
+from clay_core.storage.layout import atomic_dir, read_manifest, write_manifest
 from clay_core.types import SceneRef
 
 

@@ -24,9 +24,9 @@ from dagster import (
 from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ClayHome, ClayModel
 from clay_assets.versions import embeddings_code_version
-from clay_core.embed import embed_chips
-from clay_core.embed_store import write_embeddings
-from clay_core.store import atomic_dir, read_manifest, write_manifest
+from clay_core.encoder.engine import embed_chips
+from clay_core.encoder.store import write_embeddings
+from clay_core.storage.layout import atomic_dir, read_manifest, write_manifest
 
 
 @asset(

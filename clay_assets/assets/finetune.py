@@ -23,7 +23,6 @@ from typing import List, Optional
 
 import numpy as np
 import pandas as pd
-import psycopg
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -42,9 +41,9 @@ from pydantic import Field
 from clay_assets.metadata import image_md
 from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ClayHome, ClayModel, SceneSourceResource, VectorDB
-from clay_core.db import redact
+from clay_core.vectordb import redact
 from clay_core.errors import ConfigError
-from clay_core.finetune import (
+from clay_core.heads.training import (
     ChipData,
     TrainConfig,
     colorize,
@@ -57,12 +56,11 @@ from clay_core.finetune import (
     save_head,
     train_head,
 )
-from clay_core.labels import LabelSource, RasterLabels, SyntheticLabels, TableLabels
-from clay_core.store import atomic_dir, read_manifest, write_manifest
+from clay_core.heads.labels import LabelSource, RasterLabels, SyntheticLabels, TableLabels
+from clay_core.vectordb.class_areas import CLASS_AREAS_TABLE, write_class_areas
+from clay_core.storage.layout import atomic_dir, read_manifest, write_manifest
 
 HEAD_DIR = ("heads", "head_model")
-CLASS_AREAS_TABLE = "clay.class_areas"
-_DDL_LOCK = 0x68656164  # "head": serialises CREATE TABLE across concurrent runs
 
 HEAD_MODEL_DESCRIPTION = (
     "Task head (segmentation | classification | regression) trained on the frozen Clay encoder over the chips of "
@@ -120,7 +118,7 @@ def labels_from_env() -> LabelSettings:
 
 
 class HeadTrainingConfig(Config):
-    """Run config of ``head_model`` (defaults = clay_core.finetune.TrainConfig)."""
+    """Run config of ``head_model`` (defaults = clay_core.heads.training.TrainConfig)."""
 
     head: str = Field(default="segmentation", description="segmentation | classification | regression")
     epochs: int = 12
@@ -210,39 +208,6 @@ def _class_areas(chips: ChipData, pred: np.ndarray, kind: str, class_names: List
             px = int(counts[sel, c].sum())
             rows.append((partition_key, tile, day, name, px, float((counts[sel, c] * pixel_area[sel]).sum())))
     return rows
-
-
-def write_class_areas(url: str, partition_key: str, rows: list, head_sha: str, model_id: str) -> tuple:
-    """Replace the partition's rows of ``clay.class_areas`` in one transaction; returns (rows, pixels) now stored."""
-    with psycopg.connect(url) as conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-            conn.execute("CREATE SCHEMA IF NOT EXISTS clay")
-            conn.execute(
-                f"""CREATE TABLE IF NOT EXISTS {CLASS_AREAS_TABLE} (
-                    partition_key text NOT NULL,
-                    tile text NOT NULL,
-                    acquired date NOT NULL,
-                    class text NOT NULL,
-                    pixels bigint NOT NULL CHECK (pixels >= 0),
-                    area_m2 double precision NOT NULL,
-                    head_sha256 text,
-                    model_id text,
-                    loaded_at timestamptz NOT NULL DEFAULT now(),
-                    PRIMARY KEY (partition_key, acquired, class))"""
-            )
-            conn.execute(f"DELETE FROM {CLASS_AREAS_TABLE} WHERE partition_key = %s", (partition_key,))
-            with conn.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO {CLASS_AREAS_TABLE} (partition_key, tile, acquired, class, pixels, area_m2, "
-                    "head_sha256, model_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(*r, head_sha, model_id) for r in rows],
-                )
-        (n,) = conn.execute(f"SELECT count(*) FROM {CLASS_AREAS_TABLE} WHERE partition_key = %s",
-                            (partition_key,)).fetchone()
-        (px,) = conn.execute(f"SELECT coalesce(sum(pixels), 0) FROM {CLASS_AREAS_TABLE} WHERE partition_key = %s",
-                             (partition_key,)).fetchone()
-    return int(n), int(px)
 
 
 def _areas_md(rows: list) -> str:

@@ -13,9 +13,9 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 
 from clay_assets.metadata import image_md
 from clay_assets.resources import ChangeSettings, ClayHome
-from clay_core.embed_store import read_observations
-from clay_core.pca import fit_incremental, next_version, set_current
-from clay_core.store import read_manifest
+from clay_core.encoder.store import read_observations
+from clay_core.change.pca import fit_incremental, next_version, set_current
+from clay_core.storage.layout import read_manifest
 
 
 def _explained_variance_png(ratio: np.ndarray) -> bytes:

@@ -12,7 +12,7 @@ from dagster import AssetExecutionContext, BackfillPolicy, Backoff, MaterializeR
 
 from clay_assets.partitions import scene_partitions, split_key, window_bounds
 from clay_assets.resources import ClayHome, SceneSourceResource
-from clay_core.store import atomic_dir, write_manifest
+from clay_core.storage.layout import atomic_dir, write_manifest
 
 
 @asset(

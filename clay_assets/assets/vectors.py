@@ -23,9 +23,9 @@ from dagster import (
 
 from clay_assets.partitions import scene_partitions, split_key
 from clay_assets.resources import ClayHome, ClayModel, VectorDB
-from clay_core.db import redact
-from clay_core.embed_store import open_embeddings
-from clay_core.store import read_manifest
+from clay_core.vectordb import redact
+from clay_core.encoder.store import open_embeddings
+from clay_core.storage.layout import read_manifest
 
 
 def partition_rows(layout, tile: str, window: str, model_id: str) -> tuple[pd.DataFrame, np.ndarray]:
