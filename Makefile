@@ -25,6 +25,9 @@ test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 dev: install
+	# Dagster needs its home to exist; the project's dagster.yaml is copied in once.
+	mkdir -p $(CLAY_HOME)/dagster
+	[ -f $(CLAY_HOME)/dagster/dagster.yaml ] || cp dagster.yaml $(CLAY_HOME)/dagster/
 	DAGSTER_HOME=$(CLAY_HOME)/dagster $(BIN)/dagster dev -w workspace.yaml
 
 clean:

@@ -5,7 +5,7 @@ years (seasonal cycle, clouds on every 5th acquisition, per-pixel noise) and for
 clearings planted after the first year. Scenes are chipped (64 px, chips with > 20 % cloud
 dropped, so a chip's series has missing dates as in real data), embedded with the tiny
 Clay encoder on the CPU, projected on ONE PCA basis fitted over all embeddings, and every
-chip's series goes through ``clay_core.change.detector.detect_changes`` on its first PCs.
+chip's series goes through ``clay_core.change.detect_changes`` on its first PCs.
 
 Two scenarios run on the same world and clearings:
 
@@ -58,11 +58,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clay_core.change.detector import ChangeParams, detect_changes, distances_to_previous  # noqa: E402
+from clay_core.change import DetectorParams, detect_changes, distances_to_previous, fit_incremental  # noqa: E402
 from clay_core.chips import ChipParams, ChipSet, chip_id, chip_scene  # noqa: E402
 from clay_core.encoder.engine import embed_chips  # noqa: E402
 from clay_core.encoder.model import build_encoder  # noqa: E402
-from clay_core.change.pca import fit_incremental  # noqa: E402
 from clay_core.sources.synthetic import SyntheticSceneSource, SyntheticWorld  # noqa: E402
 from clay_core.types import Scene, SceneRef, TileGrid  # noqa: E402
 
@@ -94,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--threshold", type=float, default=4.0)
     d.add_argument("--k-consecutive", type=int, default=3)
     d.add_argument("--n-harmonics", type=int, default=1)
-    d.add_argument("--min-run-cosine", type=float, default=ChangeParams().min_run_cosine,
+    d.add_argument("--min-run-cosine", type=float, default=DetectorParams().min_run_cosine,
                    help="run consistency check of detect_changes (-1 disables it)")
     d.add_argument("--tolerance", type=int, default=1, help="max |date error| of a true positive (clear obs)")
     d.add_argument("--baseline-thresholds", default="0.02,0.005,0.01,0.04,0.08",
@@ -160,7 +159,7 @@ class Event:
     magnitude: float = float("nan")
 
 
-def detector_events(series: list[Series], X: np.ndarray, params: ChangeParams) -> list[Event]:
+def detector_events(series: list[Series], X: np.ndarray, params: DetectorParams) -> list[Event]:
     events = []
     for s in series:
         pos = {d: i for i, d in enumerate(s.dates)}
@@ -281,22 +280,61 @@ def synthetic_world(args: argparse.Namespace) -> SyntheticWorld:
     )
 
 
+def _truth_dates(planted, n_grid: int, chip_size: int) -> dict[str, date]:
+    """Truth chip (>= 50 % covered by a clearing) -> its earliest planted date."""
+    truth_date: dict[str, date] = {}
+    for p in planted:
+        for r in range(n_grid):
+            for c in range(n_grid):
+                if p.chip_fraction(r, c, chip_size) >= 0.5:
+                    cid = chip_id(p.tile, r, c)
+                    truth_date[cid] = min(truth_date.get(cid, p.acquired), p.acquired)
+    return truth_date
+
+
+def _chip_scenario(world, scenario: str, args: argparse.Namespace, start, end, cp) -> tuple[ChipSet, int]:
+    """Every scene of the scenario's source, chipped: ``(chips, number of scenes)``."""
+    if scenario == "clouds":
+        src = SyntheticSceneSource(world)
+    elif scenario == "clouds+haze":
+        src = HazySource(world, args.gain_sd, args.haze_prob, args.haze_dn)
+    else:
+        raise SystemExit(f"unknown scenario {scenario!r}; use clouds, clouds+haze")
+    sets, n_scenes = [], 0
+    for tile in world.tiles:
+        for ref in src.list_scenes(tile, start, end):
+            sets.append(chip_scene(src.load_scene(ref, BANDS), cp))
+            n_scenes += 1
+    return ChipSet.concat(sets, BANDS, args.chip_size), n_scenes
+
+
+def _baseline_scores(series, dist, truth: dict[str, int], args: argparse.Namespace) -> list[Score]:
+    """The 1-cos-to-previous baseline at each fixed threshold, then at the oracle threshold."""
+    scores = []
+    thresholds = _floats(args.baseline_thresholds)
+    for thr in thresholds:
+        label = f"thr={thr:g}" + ("*" if thr == thresholds[0] else "")
+        scores.append(score_events("baseline: 1-cos to previous", label,
+                                   baseline_events(series, dist, thr), truth, args.tolerance))
+    oracle = max(
+        (score_events("baseline, oracle thr (tuned on truth)", f"thr={thr:.4f}",
+                      baseline_events(series, dist, thr), truth, args.tolerance)
+         for thr in np.geomspace(1e-3, 0.3, 80)),
+        key=lambda sc: sc.f1,
+    )
+    scores.append(oracle)
+    return scores
+
+
 def run_synthetic(args: argparse.Namespace, encoder) -> dict:
     world = synthetic_world(args)
     start = datetime.combine(world.epoch, datetime.min.time(), timezone.utc)
     end = start + timedelta(days=world.revisit_days * args.weeks)
     cp = ChipParams(chip_size=args.chip_size)
     planted = [p for t in world.tiles for p in world.planted(t)]
-    n_grid = args.size // args.chip_size
-    truth_date: dict[str, date] = {}
-    for p in planted:
-        for r in range(n_grid):
-            for c in range(n_grid):
-                if p.chip_fraction(r, c, args.chip_size) >= 0.5:
-                    cid = chip_id(p.tile, r, c)
-                    truth_date[cid] = min(truth_date.get(cid, p.acquired), p.acquired)
-    params = ChangeParams(threshold=args.threshold, k_consecutive=args.k_consecutive,
-                          n_harmonics=args.n_harmonics, min_run_cosine=args.min_run_cosine)
+    truth_date = _truth_dates(planted, args.size // args.chip_size, args.chip_size)
+    params = DetectorParams(threshold=args.threshold, k_consecutive=args.k_consecutive,
+                            n_harmonics=args.n_harmonics, min_run_cosine=args.min_run_cosine)
     print(f"\n== synthetic: {len(world.tiles)} tiles x {args.size} px, {args.weeks} weekly acquisitions "
           f"({world.epoch} .. {(end - timedelta(days=1)).date()}), chip {args.chip_size} px, "
           f"{len(planted)} clearings at acquisitions {sorted({world.acquisition_index(p.acquired) for p in planted})}, "
@@ -310,19 +348,8 @@ def run_synthetic(args: argparse.Namespace, encoder) -> dict:
                      "scenarios": {}}
     all_scores: list[tuple[str, Score]] = []
     for scenario in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
-        if scenario == "clouds":
-            src = SyntheticSceneSource(world)
-        elif scenario == "clouds+haze":
-            src = HazySource(world, args.gain_sd, args.haze_prob, args.haze_dn)
-        else:
-            raise SystemExit(f"unknown scenario {scenario!r}; use clouds, clouds+haze")
         t0 = time.perf_counter()
-        sets, n_scenes = [], 0
-        for tile in world.tiles:
-            for ref in src.list_scenes(tile, start, end):
-                sets.append(chip_scene(src.load_scene(ref, BANDS), cp))
-                n_scenes += 1
-        chips = ChipSet.concat(sets, BANDS, args.chip_size)
+        chips, n_scenes = _chip_scenario(world, scenario, args, start, end, cp)
         t_chip = time.perf_counter() - t0
         E, t_embed = embed(chips, encoder, args.batch_size)
         t1 = time.perf_counter()
@@ -342,18 +369,7 @@ def run_synthetic(args: argparse.Namespace, encoder) -> dict:
             scores.append(score_events("changepoint, no consistency check", f"thr={args.threshold:g}",
                                        detector_events(series, X, plain), truth, args.tolerance))
         dist = {s.chip: distances_to_previous(E[s.rows]) for s in series}
-        thresholds = _floats(args.baseline_thresholds)
-        for thr in thresholds:
-            label = f"thr={thr:g}" + ("*" if thr == thresholds[0] else "")
-            scores.append(score_events("baseline: 1-cos to previous", label,
-                                       baseline_events(series, dist, thr), truth, args.tolerance))
-        oracle = max(
-            (score_events("baseline, oracle thr (tuned on truth)", f"thr={thr:.4f}",
-                          baseline_events(series, dist, thr), truth, args.tolerance)
-             for thr in np.geomspace(1e-3, 0.3, 80)),
-            key=lambda sc: sc.f1,
-        )
-        scores.append(oracle)
+        scores.extend(_baseline_scores(series, dist, truth, args))
         t_detect = time.perf_counter() - t1
         n_obs = np.array([len(s.dates) for s in series])
         d_prev = np.concatenate([dist[s.chip] for s in series if s.chip not in truth_date])
@@ -511,8 +527,8 @@ def run_nrt(args: argparse.Namespace, encoder) -> dict:
     E, t_embed = embed(chips, encoder, args.batch_size)
     basis = fit_incremental([E], n_components=max(args.pcs, 1), version=1)
     X = basis.transform(E).astype(np.float64)[:, : args.pcs]
-    params = ChangeParams(threshold=args.threshold, k_consecutive=args.k_consecutive,
-                          n_harmonics=args.n_harmonics, min_run_cosine=args.min_run_cosine)
+    params = DetectorParams(threshold=args.threshold, k_consecutive=args.k_consecutive,
+                            n_harmonics=args.n_harmonics, min_run_cosine=args.min_run_cosine)
     series = chip_series(chips.meta)
     n_dates = ndvi["datetime"].nunique()
     print(f"\n== nrt cube {path.name}: {n_dates} dates "

@@ -54,7 +54,7 @@ from clay_core.chips import (  # noqa: E402
     to_dataset,
     write_cube,
 )
-from clay_core.sources.local import LocalRasterSource  # noqa: E402
+from clay_core.sources import LocalRasterSource  # noqa: E402
 
 BANDS = ["blue", "green", "red", "nir"]
 TILE = "31UFU"

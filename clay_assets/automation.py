@@ -29,10 +29,11 @@ from dagster import (
     sensor,
 )
 
-from clay_assets import settings
-from clay_assets.partitions import date_partitions, make_key, scene_partitions
+from clay_assets import config
+from clay_assets.partitions import date_partitions, scene_partitions
 from clay_assets.resources import SceneSourceResource
 from clay_assets.versions import digest
+from clay_core.types import PartitionId, window_start
 
 INCREMENTAL_ASSETS = ["raw_scenes", "chip_cubes", "embeddings", "change_scores", "vectors"]
 
@@ -47,19 +48,13 @@ incremental_job = define_asset_job(
 LOOKBACK = timedelta(days=14)
 
 
-def _window_of(when: datetime) -> str:
-    """The weekly partition (Monday start) containing ``when``."""
-    d = when.astimezone(timezone.utc).date()
-    return (d - timedelta(days=d.weekday())).isoformat()
-
-
 def plan_new_partitions(source, tiles: list[str], cursor: dict, now: datetime, materialized: set[str]) -> tuple[list[str], dict]:
     """Partition keys to request and the new cursor.
 
     A key is requested when its scenes were never seen by the sensor and it is not already
     materialized (first tick on an existing deployment), or when its scene set changed.
     """
-    start_default = datetime.fromisoformat(settings.start_date()).replace(tzinfo=timezone.utc)
+    start_default = datetime.fromisoformat(config.current().start).replace(tzinfo=timezone.utc)
     # Scan again from a little before the newest acquisition already seen (not from "now"):
     # catalogues publish late, and a source's clock need not be ours.
     scanned = cursor.get("newest_seen")
@@ -74,11 +69,11 @@ def plan_new_partitions(source, tiles: list[str], cursor: dict, now: datetime, m
         by_window: dict[str, list[str]] = {}
         for ref in source.list_scenes(tile, scan_from, scan_to):
             newest = ref.datetime if newest is None else max(newest, ref.datetime)
-            by_window.setdefault(_window_of(ref.datetime), []).append(ref.scene_id)
+            by_window.setdefault(window_start(ref.datetime), []).append(ref.scene_id)
         for window, ids in sorted(by_window.items()):
             if window not in valid_windows:
                 continue  # the window is still open: wait until it closes
-            key = str(make_key(tile, window))
+            key = PartitionId(window=window, tile=tile).key
             dg = digest(sorted(ids))
             if seen.get(key) == dg:
                 continue
@@ -101,7 +96,7 @@ def new_scenes_sensor(context: SensorEvaluationContext, source: SceneSourceResou
     src = source.get_source()
     materialized = {str(k) for k in context.instance.get_materialized_partitions(AssetKey("raw_scenes"))}
     now = datetime.now(timezone.utc)
-    keys, new_cursor = plan_new_partitions(src, settings.tiles(), cursor, now, materialized)
+    keys, new_cursor = plan_new_partitions(src, config.current().tiles, cursor, now, materialized)
     if not keys:
         return SensorResult(skip_reason=SkipReason("no new acquisitions"), cursor=json.dumps(new_cursor))
     context.log.info(f"new acquisitions in {len(keys)} partition(s): {keys}")
@@ -120,7 +115,7 @@ def new_scenes_sensor(context: SensorEvaluationContext, source: SceneSourceResou
 )
 def newest_window_schedule(context):
     when = context.scheduled_execution_time or datetime.now(timezone.utc)
-    window = _window_of(when - timedelta(days=7))
-    for tile in settings.tiles():
-        key = make_key(tile, window)
-        yield RunRequest(run_key=str(key), partition_key=str(key))
+    window = window_start(when - timedelta(days=7))
+    for tile in config.current().tiles:
+        key = PartitionId(window=window, tile=tile).key
+        yield RunRequest(run_key=key, partition_key=key)

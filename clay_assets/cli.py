@@ -9,66 +9,56 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import time
-from datetime import date, timedelta
-from pathlib import Path
+from datetime import date
 
 
-def _home() -> Path:
-    from clay_assets import settings
+def _config():
+    from clay_assets import config
 
-    return settings.clay_home()
-
-
-def _dagster_home(home: Path) -> Path:
-    """DAGSTER_HOME under CLAY_HOME with the project's dagster.yaml, so `dagster dev` sees the runs."""
-    dh = Path(os.environ.get("DAGSTER_HOME") or home / "dagster")
-    dh.mkdir(parents=True, exist_ok=True)
-    cfg = Path(__file__).resolve().parent.parent / "dagster.yaml"
-    if cfg.is_file() and not (dh / "dagster.yaml").exists():
-        shutil.copy(cfg, dh / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(dh)
-    return dh
+    return config.current()
 
 
-def _query_store(url: str):
+def _database_url(cfg) -> str:
+    """DATABASE_URL, or the embedded server under CLAY_HOME (started if needed)."""
+    from clay_assets.resources.build import vector_db
+
+    return vector_db(cfg, cfg.home).url()
+
+
+def _query_store(url: str, cfg):
     """A VectorStore for queries only (the dimension matters for loads, not searches)."""
+    from clay_core.encoder import resolve_config
     from clay_core.vectordb import VectorStore
-    from clay_core.encoder.model import resolve_config
 
-    return VectorStore(url, resolve_config(os.environ.get("CLAY_PRESET", "tiny"))["dim"])
+    return VectorStore(url, resolve_config(cfg.preset)["dim"])
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
-    from clay_core.vectordb import database_url
-
-    print(database_url(_home()))
+    print(_database_url(_config()))
     return 0
 
 
 def default_windows(n: int) -> list[str]:
-    from clay_assets import settings
+    from clay_core.types import weekly_windows
 
-    start = date.fromisoformat(settings.start_date())
-    return [(start + timedelta(weeks=i)).isoformat() for i in range(n)]
+    return weekly_windows(_config().start, n)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
     from tqdm import tqdm
 
-    from clay_assets import settings
-    from clay_assets.definitions import build_resources
+    from clay_assets import config
+    from clay_assets.resources.build import build_resources
     from clay_assets.runner import materialize_graph
 
-    home = _home()
-    _dagster_home(home)
-    tiles = settings.tiles()
+    cfg = _config()
+    home, dagster_home = cfg.home, config.dagster_home(cfg)
+    tiles = list(cfg.tiles)
     windows = default_windows(args.windows)
-    resources = build_resources(home=home)
+    resources = build_resources(cfg=cfg)
     instance = DagsterInstance.get()
     total = 2 * len(tiles) * len(windows) + 1
     print(f"CLAY_HOME={home}\nmaterializing {len(tiles)} tiles x {len(windows)} weekly windows "
@@ -82,9 +72,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         summary = materialize_graph(tiles, windows, resources, instance, log=log,
                                     console_log_level="DEBUG" if args.verbose else "WARNING")
     print(f"done: {summary.runs} runs in {time.perf_counter() - t0:.1f}s")
-    _print_demo_results(resources, tiles, windows)
+    _print_demo_results(resources, tiles, windows, cfg)
     print("\nOpen the UI on these materializations:\n"
-          f"  DAGSTER_HOME={os.environ['DAGSTER_HOME']} CLAY_HOME={home} .venv/bin/dagster dev -w workspace.yaml")
+          f"  DAGSTER_HOME={dagster_home} CLAY_HOME={home} .venv/bin/dagster dev -w workspace.yaml")
     return 0
 
 
@@ -102,7 +92,7 @@ def _load_all_scores(layout, tiles, windows):
 
 def change_report(resources: dict, tiles: list[str], windows: list[str]):
     """DetectionReport of the stored change flags against the synthetic source's planted changes."""
-    from clay_core.change.evaluate import score_detections, truth_chips
+    from clay_core.change import score_detections, truth_chips
 
     src = resources["source"].get_source()
     if not hasattr(src, "planted_changes"):
@@ -113,13 +103,13 @@ def change_report(resources: dict, tiles: list[str], windows: list[str]):
     return score_detections(_load_all_scores(resources["home"].layout, tiles, windows), truth)
 
 
-def _print_demo_results(resources, tiles, windows) -> None:
+def _print_demo_results(resources, tiles, windows, cfg) -> None:
     report = change_report(resources, tiles, windows)
     url = resources["vectordb"].url()
     detected = [r["chip_id"] for r in (report.rows if report else []) if r["verdict"] == "detected"]
     planted = [r["chip_id"] for r in (report.rows if report else []) if r["planted"]]
     query = (detected or planted or [None])[0]
-    store = _query_store(url)
+    store = _query_store(url, cfg)
     try:
         print(f"\nPostgres: {store.count()} chip observations in clay.chips "
               f"({', '.join(f'{t}: {store.count(tile=t)}' for t in tiles)})")
@@ -177,10 +167,10 @@ def run_search(store, args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from clay_core.vectordb import database_url
-    from clay_core.vectordb.export import write_geojson
+    from clay_core.vectordb import write_geojson
 
-    store = _query_store(database_url(_home()))
+    cfg = _config()
+    store = _query_store(_database_url(cfg), cfg)
     try:
         query, res = run_search(store, args)
     finally:
@@ -196,11 +186,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from clay_assets import settings
-    from clay_assets.definitions import build_resources
+    from clay_assets.resources.build import build_resources
 
-    resources = build_resources(home=_home())
-    report = change_report(resources, settings.tiles(), default_windows(args.windows))
+    cfg = _config()
+    resources = build_resources(cfg=cfg)
+    report = change_report(resources, list(cfg.tiles), default_windows(args.windows))
     if report is None:
         print("the configured scene source has no planted truth to score against")
         return 1

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 from dagster import MetadataValue
 
-from clay_core.chips import png_bytes
+from clay_core.render import png_bytes
 
 
 def image_md(img: np.ndarray | bytes, title: str) -> MetadataValue:

@@ -1,7 +1,7 @@
 """Materialize the whole graph for tiles x windows, in dependency order, on one instance.
 
 Per-scene assets run one partition per run (the multi-partition ``single_run`` backfill
-policy has open Dagster bugs, see DAGSTER_NOTES); ``pca`` runs once between the upstream and
+policy has open Dagster bugs with non-rectangular partition selections); ``pca`` runs once between the upstream and
 downstream halves because it needs every partition's embeddings.
 """
 

@@ -1,8 +1,8 @@
 """Code versions and data versions: what makes Dagster mark partitions stale.
 
 The logic version of a stage plus the settings that change its output (chip geometry and
-filters; encoder preset and weights) form its code version, read from the same environment
-``definitions.py`` builds resources from. Changing ``CLAY_CHIP_SIZE`` therefore marks every
+filters; encoder preset and weights) form its code version, read from the same ``clay_assets.config``
+the resources are built from. Changing ``CLAY_CHIP_SIZE`` therefore marks every
 ``chip_cubes`` partition (and all downstream) stale in the UI; materializations also record a
 data version computed from the parameters actually used, so re-running with unchanged
 inputs leaves downstream fresh while a changed chip size makes it stale.
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from clay_assets import config
 
 CHIPPER_LOGIC = "chips-1"
 ENCODER_LOGIC = "embed-1"
@@ -24,14 +25,14 @@ def digest(payload: object, n: int = 12) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
-def chips_code_version() -> str:
-    size = os.environ.get("CLAY_CHIP_SIZE", "256")
-    return f"{CHIPPER_LOGIC}-size{size}"
+def chips_code_version(cfg: config.ClayConfig | None = None) -> str:
+    cfg = cfg or config.current()
+    return f"{CHIPPER_LOGIC}-size{cfg.chip_size}"
 
 
-def embeddings_code_version() -> str:
-    preset = os.environ.get("CLAY_PRESET", "tiny")
-    ckpt = os.environ.get("CLAY_CHECKPOINT")
+def embeddings_code_version(cfg: config.ClayConfig | None = None) -> str:
+    cfg = cfg or config.current()
+    preset, ckpt = cfg.preset, cfg.checkpoint
     # Hashing a 1.25 GB checkpoint at every code-location load is too slow; path, size and
     # mtime identify it here, and each materialization records the real SHA-256.
     if ckpt and Path(ckpt).is_file():

@@ -1,14 +1,15 @@
 """Sensor registry: band order, wavelengths and normalization statistics per platform.
 
 The built-in table ships as package data (``clay_core/data/platforms.yaml``). Users add
-or override platforms with a YAML file of the same layout, either programmatically
-(``register_platforms_from_yaml``) or through the ``CLAY_PLATFORMS_FILE`` environment
-variable; a user platform with a built-in name replaces the built-in one entirely.
+or override platforms with a YAML file of the same layout: the application's one file
+(``configure_platforms``, which the Dagster app calls with ``CLAY_PLATFORMS_FILE``) and any
+number of files registered programmatically (``register_platforms_from_yaml``); a user
+platform with a built-in name replaces the built-in one entirely. Nothing here reads the
+environment.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +25,7 @@ from clay_core.errors import ConfigError, UnknownPlatformError
 __all__ = [
     "Band",
     "Platform",
-    "ENV_PLATFORMS_FILE",
+    "configure_platforms",
     "get_platform",
     "known_platforms",
     "load_platforms",
@@ -33,7 +34,6 @@ __all__ = [
     "parse_platforms",
 ]
 
-ENV_PLATFORMS_FILE = "CLAY_PLATFORMS_FILE"
 Units = Literal["reflectance", "db"]
 _UNITS: tuple[str, ...] = ("reflectance", "db")
 
@@ -181,35 +181,49 @@ def _builtin() -> dict[str, Platform]:
 
 # --------------------------------------------------------------------------- registry
 
+# The file given to configure_platforms (None: built-ins only).
+_CONFIGURED: Path | None = None
 # Files registered in this process, re-applied (in order) whenever the registry is rebuilt.
 _USER_FILES: list[Path] = []
-_cache: tuple[str | None, dict[str, Platform]] | None = None
+_cache: dict[str, Platform] | None = None
+
+
+def configure_platforms(extra_yaml: str | PathLike[str] | None) -> None:
+    """Set the process's platforms file (None: none), read before registered files.
+
+    The file is validated now (ConfigError for a missing or malformed file) and replaces any
+    earlier configured one; platforms from ``register_platforms_from_yaml`` are kept.
+    """
+    global _CONFIGURED, _cache
+    path = None if extra_yaml is None or str(extra_yaml) == "" else Path(extra_yaml).expanduser()
+    if path is not None:
+        _read_yaml(path)
+    _CONFIGURED = path
+    _cache = None
 
 
 def load_platforms(extra_yaml: str | PathLike[str] | None = None) -> dict[str, Platform]:
-    """Built-in platforms, then ``$CLAY_PLATFORMS_FILE``, then ``extra_yaml`` (later wins).
+    """Built-in platforms, then the configured file, then ``extra_yaml`` (later wins).
 
     Returns a new dict; the process-wide registry used by ``get_platform`` is unchanged.
     """
     platforms = dict(_builtin())
-    env_file = os.environ.get(ENV_PLATFORMS_FILE)
-    if env_file:
-        platforms.update(_read_yaml(env_file))
+    if _CONFIGURED is not None:
+        platforms.update(_read_yaml(_CONFIGURED))
     if extra_yaml is not None:
         platforms.update(_read_yaml(extra_yaml))
     return platforms
 
 
 def _registry() -> dict[str, Platform]:
-    """The process-wide registry, rebuilt when ``$CLAY_PLATFORMS_FILE`` changes."""
+    """The process-wide registry, rebuilt after ``configure_platforms`` / ``reset_platforms``."""
     global _cache
-    env_file = os.environ.get(ENV_PLATFORMS_FILE) or None
-    if _cache is None or _cache[0] != env_file:
+    if _cache is None:
         platforms = load_platforms()
         for path in _USER_FILES:
             platforms.update(_read_yaml(path))
-        _cache = (env_file, platforms)
-    return _cache[1]
+        _cache = platforms
+    return _cache
 
 
 def register_platforms_from_yaml(path: str | PathLike[str]) -> list[str]:
@@ -221,7 +235,8 @@ def register_platforms_from_yaml(path: str | PathLike[str]) -> list[str]:
 
 
 def reset_platforms() -> None:
-    """Forget platforms registered with ``register_platforms_from_yaml`` (tests use this)."""
+    """Forget platforms registered with ``register_platforms_from_yaml`` (tests use this); the
+    ``configure_platforms`` file stays."""
     global _cache
     _USER_FILES.clear()
     _cache = None
@@ -240,7 +255,7 @@ def get_platform(name: str | Platform) -> Platform:
     if key not in registry:
         raise UnknownPlatformError(
             f"unknown platform {name!r}; known platforms: {', '.join(sorted(registry))}. "
-            f"Add one with register_platforms_from_yaml() or ${ENV_PLATFORMS_FILE}."
+            "Add one with configure_platforms() (the app's CLAY_PLATFORMS_FILE) or register_platforms_from_yaml()."
         )
     return registry[key]
 

@@ -1,10 +1,49 @@
-"""Change-intensity maps: PNG grids of chip scores (people look before they read)."""
+"""Pictures people look at before they read: chip thumbnails and mosaics, change-intensity
+maps, and time-series plots, as uint8 RGB arrays or PNG bytes."""
 
 from __future__ import annotations
 
-import numpy as np
+import io
 
-from clay_core.chips import png_bytes
+import numpy as np
+from PIL import Image
+
+__all__ = ["rgb_image", "png_bytes", "mosaic", "intensity_map", "series_plot"]
+
+
+def rgb_image(pixels: np.ndarray, bands: list[str], rgb: tuple[str, str, str] = ("red", "green", "blue"),
+              scale: float = 3000.0, size: int | None = 64) -> np.ndarray:
+    """uint8 RGB [h, w, 3] of one chip, linear stretch 0..scale (reflectance x 10000)."""
+    idx = [bands.index(b) for b in rgb if b in bands]
+    if len(idx) != 3:
+        idx = [0, 0, 0]
+    img = np.clip(pixels[idx].astype(np.float32) / scale * 255.0, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    if size and img.shape[0] > size:
+        step = img.shape[0] // size
+        img = img[::step, ::step]
+    return img
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """PNG of a uint8 image ([h, w, 3] RGB or [h, w] grey)."""
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def mosaic(images: list[np.ndarray], columns: int = 8, pad: int = 2, max_tiles: int = 64) -> np.ndarray:
+    """Grid of thumbnails (first ``max_tiles``) on a dark background."""
+    images = images[:max_tiles]
+    if not images:
+        return np.zeros((32, 32, 3), np.uint8)
+    h, w, _ = images[0].shape
+    cols = min(columns, len(images))
+    rows = -(-len(images) // cols)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 24, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
+    return out
 
 
 def intensity_map(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, flag: np.ndarray,
@@ -28,8 +67,6 @@ def intensity_map(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, flag: n
 
 def series_plot(dates, values, flags, title: str, fit_dates=None, fit_values=None) -> bytes:
     """PC1 of one chip over time: observations, flagged ones in red, the harmonic baseline."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")

@@ -8,9 +8,7 @@ thresholds are dropped; the partition directory is swapped in atomically.
 
 
 import time
-from datetime import datetime
 
-import numpy as np
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -26,12 +24,12 @@ from dagster import (
 )
 
 from clay_assets.metadata import histogram_md, image_md
-from clay_assets.partitions import scene_partitions, split_key
+from clay_assets.partitions import scene_partitions
 from clay_assets.resources import ChipSettings, ClayHome, SceneSourceResource
 from clay_assets.versions import chips_code_version, digest
-from clay_core.chips import ChipSet, chip_source_scene, mosaic, png_bytes, rgb_image, thumb_name, to_dataset, write_cube, write_index
-from clay_core.storage.layout import atomic_dir, read_manifest, write_manifest
-from clay_core.types import SceneRef
+from clay_core.chips import make_chip_cube
+from clay_core.render import mosaic
+from clay_core.types import PartitionId
 
 
 @asset(
@@ -51,62 +49,32 @@ def chip_cubes(
 ) -> MaterializeResult:
     t0 = time.perf_counter()
     params = chip_settings.params()
-    tile, window = split_key(context.partition_key)
-    layout = home.layout
-    raw = read_manifest(layout.partition("raw", tile, window))
-    src = source.get_source()
-    sets = []
-    for s in raw["scenes"]:
-        ref = SceneRef(s["scene_id"], s["tile"], s["platform"], datetime.fromisoformat(s["datetime"]), s["hrefs"], s["cloud_cover"])
-        # Streams chip rows straight from the files for local rasters; loads the scene otherwise.
-        cs = chip_source_scene(src, ref, list(source.bands), params)
-        context.log.info(f"{ref.scene_id}: kept {len(cs)} chips, dropped {cs.dropped}")
-        sets.append(cs)
-    chips = ChipSet.concat(sets, list(source.bands), params.chip_size)
-    final = layout.partition("chips", tile, window)
-    thumbs_img = []
-    cube_uri = None
-    with atomic_dir(final) as tmp:
-        thumbs = []
-        if len(chips):
-            (tmp / "thumbs").mkdir()
-            for i, row in chips.meta.iterrows():
-                img = rgb_image(chips.pixels[i], chips.bands)
-                name = thumb_name(row["chip_id"], row["datetime"])
-                (tmp / "thumbs" / name).write_bytes(png_bytes(img))
-                thumbs.append(str(final / "thumbs" / name))
-                thumbs_img.append(img)
-            if home.cubes_uri:
-                cube_uri = write_cube(to_dataset(chips, params.chip_size), home.cube_location(tile, window),
-                                      storage_options=home.storage_options())
-            else:
-                write_cube(to_dataset(chips, params.chip_size), tmp / "cube.zarr")
-                cube_uri = home.cube_location(tile, window)
-            write_index(chips, tmp / "index.parquet", thumbs, cube_uri)
-            (tmp / "mosaic.png").write_bytes(png_bytes(mosaic(thumbs_img)))
-        write_manifest(tmp, {"tile": tile, "window": window, "chips": len(chips), "chip_size": params.chip_size,
-                             "cube_uri": cube_uri if len(chips) else None,
-                             "bands": chips.bands, "dropped": chips.dropped, "scenes": len(raw["scenes"])})
-    cloud = chips.meta["cloud_fraction"].to_numpy() if len(chips) else np.zeros(0)
-    nodata = chips.meta["nodata_fraction"].to_numpy() if len(chips) else np.zeros(0)
-    in_range = bool(np.all((cloud >= 0) & (cloud <= params.max_cloud)) and np.all((nodata >= 0) & (nodata <= params.max_nodata)))
+    pid = PartitionId.parse(context.partition_key)
+    # Local rasters are streamed chip row by chip row straight from the files; other sources load each scene.
+    res = make_chip_cube(
+        home.layout, pid, source.get_source(), params, list(source.bands),
+        cube_location=home.cube_location(pid.tile, pid.window) if home.cubes_uri else None,
+        storage_options=home.storage_options(), log=context.log.info,
+    )  # fmt: skip
+    cloud, nodata = res.cloud_fraction, res.nodata_fraction
     md = {
-        "chips": len(chips),
-        "dagster/row_count": len(chips),
-        "empty": len(chips) == 0,
-        "scenes": len(raw["scenes"]),
-        "dropped_cloudy": chips.dropped.get("cloudy", 0),
-        "dropped_nodata": chips.dropped.get("nodata", 0),
+        "chips": res.chips,
+        "dagster/row_count": res.chips,
+        "empty": res.empty,
+        "scenes": len(res.scene_ids),
+        "dropped_cloudy": res.dropped.get("cloudy", 0),
+        "dropped_nodata": res.dropped.get("nodata", 0),
         "chip_size": params.chip_size,
-        "cube": MetadataValue.path(cube_uri or "(no chips)"),
+        "cube": MetadataValue.path(res.cube_uri or "(no chips)"),
         "cloud_fraction_histogram": histogram_md(cloud, label="cloud fraction"),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    if thumbs_img:
-        md["mosaic"] = image_md(mosaic([im[::2, ::2] for im in thumbs_img], max_tiles=32), f"{tile} {window}: {len(chips)} chips")
-    version = digest([params.__dict__, [s["scene_id"] for s in raw["scenes"]], chips.bands])
+    if res.thumbnails:
+        md["mosaic"] = image_md(mosaic([im[::2, ::2] for im in res.thumbnails], max_tiles=32),
+                                f"{pid.tile} {pid.window}: {res.chips} chips")  # fmt: skip
+    version = digest([params.__dict__, res.scene_ids, res.bands])
     check = AssetCheckResult(
-        check_name="cloud_fractions_in_range", passed=in_range, severity=AssetCheckSeverity.ERROR,
+        check_name="cloud_fractions_in_range", passed=res.fractions_in_range(params), severity=AssetCheckSeverity.ERROR,
         metadata={"max_cloud": float(cloud.max()) if len(cloud) else 0.0, "max_nodata": float(nodata.max()) if len(nodata) else 0.0},
     )
     return MaterializeResult(metadata=md, data_version=DataVersion(version), check_results=[check])

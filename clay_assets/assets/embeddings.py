@@ -9,7 +9,6 @@ token [chip, dim] float32 and, when enabled, patch tokens [chip, token, dim] flo
 
 import time
 
-import numpy as np
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -21,12 +20,11 @@ from dagster import (
     asset,
 )
 
-from clay_assets.partitions import scene_partitions, split_key
+from clay_assets.partitions import scene_partitions
 from clay_assets.resources import ClayHome, ClayModel
 from clay_assets.versions import embeddings_code_version
-from clay_core.encoder.engine import embed_chips
-from clay_core.encoder.store import write_embeddings
-from clay_core.storage.layout import atomic_dir, read_manifest, write_manifest
+from clay_core.encoder import embed_partition
+from clay_core.types import PartitionId
 
 
 @asset(
@@ -43,61 +41,37 @@ from clay_core.storage.layout import atomic_dir, read_manifest, write_manifest
 )
 def embeddings(context: AssetExecutionContext, home: ClayHome, model: ClayModel) -> MaterializeResult:
     t0 = time.perf_counter()
-    tile, window = split_key(context.partition_key)
-    layout = home.layout
-    chips_dir = layout.partition("chips", tile, window)
-    man = read_manifest(chips_dir)
-    encoder, device, mid, sha = model.load()
-    dim = int(encoder.dim)
-    n = int(man["chips"])
-    final = layout.partition("embeddings", tile, window)
-    result = None
-    with atomic_dir(final) as tmp:
-        if n:
-            cube = home.open_cube(tile, window)
+    pid = PartitionId.parse(context.partition_key)
+    loaded = model.load()
 
-            def progress(done: int, total: int) -> None:
-                context.log.info(f"{tile} {window}: embedded {done}/{total} chips")
+    def progress(done: int, total: int) -> None:
+        context.log.info(f"{pid.tile} {pid.window}: embedded {done}/{total} chips")
 
-            result = embed_chips(
-                encoder,
-                cube["pixels"],
-                platform=model.platform,
-                bands=[str(b) for b in cube["band"].values],
-                datetimes=cube["datetime"].values,
-                lat=cube["lat"].values,
-                lon=cube["lon"].values,
-                batch_size=model.batch_size,
-                device=device,
-                patch_tokens=model.patch_tokens,
-                progress=progress,
-            )
-            write_embeddings(
-                tmp / "embeddings.zarr", cube["chip_id"].values, cube["datetime"].values, result.cls, result.patches,
-                {"model_id": mid, "preset": model.preset, "device": result.device, "dtype": result.dtype},
-            )
-        write_manifest(tmp, {"tile": tile, "window": window, "chips": n, "dim": dim, "model_id": mid})
-    finite = bool(result is None or np.isfinite(result.cls).all())
-    dim_ok = bool(result is None or (result.cls.ndim == 2 and result.cls.shape == (n, dim)))
+    res = embed_partition(
+        home.layout, pid, loaded, open_cube=home.open_cube,
+        platform=model.platform, batch_size=model.batch_size, patch_tokens=model.patch_tokens, progress=progress,
+        scheduler_address=model.dask_scheduler,
+    )  # fmt: skip
+    emb = res.embedding
     check = AssetCheckResult(
-        check_name="embeddings_finite_with_dim", passed=finite and dim_ok, severity=AssetCheckSeverity.ERROR,
-        metadata={"finite": finite, "expected_dim": dim, "shape": str(None if result is None else result.cls.shape)},
+        check_name="embeddings_finite_with_dim", passed=res.finite and res.shape_ok, severity=AssetCheckSeverity.ERROR,
+        metadata={"finite": res.finite, "expected_dim": res.dim, "shape": str(None if emb is None else emb.cls.shape)},
     )
     return MaterializeResult(
         check_results=[check],
         metadata={
-            "chips": n,
-            "dagster/row_count": n,
-            "dim": dim,
+            "chips": res.chips,
+            "dagster/row_count": res.chips,
+            "dim": res.dim,
             "preset": model.preset,
-            "model_id": mid,
-            "checkpoint_sha256": sha or "none (seeded random weights)",
-            "device": result.device if result else device,
-            "dtype": result.dtype if result else "n/a",
-            "chips_per_s": round(result.chips_per_s, 2) if result else 0.0,
+            "model_id": loaded.model_id,
+            "checkpoint_sha256": loaded.checkpoint_sha256 or "none (seeded random weights)",
+            "device": emb.device if emb else loaded.device,
+            "dtype": emb.dtype if emb else "n/a",
+            "chips_per_s": round(emb.chips_per_s, 2) if emb else 0.0,
             "patch_tokens": model.patch_tokens,
-            "all_finite": finite,
-            "store": MetadataValue.path(str(final / "embeddings.zarr")),
+            "all_finite": res.finite,
+            "store": MetadataValue.path(str(res.store)),
             "seconds": round(time.perf_counter() - t0, 3),
         }
     )

@@ -5,7 +5,6 @@ Fitted incrementally (one partition in memory at a time) and stored as a new ver
 score row records it. Metadata shows the explained variance per component.
 """
 
-
 import io
 
 import numpy as np
@@ -13,9 +12,7 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 
 from clay_assets.metadata import image_md
 from clay_assets.resources import ChangeSettings, ClayHome
-from clay_core.encoder.store import read_observations
-from clay_core.change.pca import fit_incremental, next_version, set_current
-from clay_core.storage.layout import read_manifest
+from clay_core.change import fit_pca
 
 
 def _explained_variance_png(ratio: np.ndarray) -> bytes:
@@ -39,34 +36,14 @@ def _explained_variance_png(ratio: np.ndarray) -> bytes:
 
 @asset(code_version="pca-1", group_name="clay", deps=["embeddings"], description=__doc__)
 def pca(context: AssetExecutionContext, home: ClayHome, change_settings: ChangeSettings) -> MaterializeResult:
-    layout = home.layout
-    root = layout.root / "embeddings"
-    parts = []
-    for tile_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        for window in layout.windows("embeddings", tile_dir.name):
-            d = layout.partition("embeddings", tile_dir.name, window)
-            if read_manifest(d)["chips"]:
-                parts.append(d / "embeddings.zarr")
-    context.log.info(f"fitting PCA over {len(parts)} embedding partitions")
-
-    def batches():
-        for i, p in enumerate(parts, 1):
-            yield read_observations(p).vectors
-            if i % 10 == 0 or i == len(parts):
-                context.log.info(f"PCA: read {i}/{len(parts)} partitions")
-
-    n_comp = max(8, change_settings.params().n_components)
-    version = next_version(layout.root / "pca")
-    basis = fit_incremental(batches(), n_comp, version)
-    basis.save(layout.root / "pca" / f"v{version}")
-    set_current(layout.root / "pca", version)
-    evr = basis.explained_variance_ratio
+    fitted = fit_pca(home.layout, change_settings.params(), log=context.log.info)
+    evr = fitted.basis.explained_variance_ratio
     return MaterializeResult(
-        data_version=DataVersion(f"v{version}"),
+        data_version=DataVersion(f"v{fitted.version}"),
         metadata={
-            "version": version,
-            "n_samples": basis.n_samples,
-            "partitions": len(parts),
+            "version": fitted.version,
+            "n_samples": fitted.basis.n_samples,
+            "partitions": fitted.partitions,
             "n_components": int(len(evr)),
             "explained_variance_ratio": MetadataValue.json([round(float(v), 4) for v in evr]),
             "explained_variance_plot": image_md(_explained_variance_png(evr), "explained variance"),

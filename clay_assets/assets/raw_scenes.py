@@ -10,9 +10,10 @@ import time
 
 from dagster import AssetExecutionContext, BackfillPolicy, Backoff, MaterializeResult, MetadataValue, RetryPolicy, asset
 
-from clay_assets.partitions import scene_partitions, split_key, window_bounds
+from clay_assets.partitions import scene_partitions
 from clay_assets.resources import ClayHome, SceneSourceResource
-from clay_core.storage.layout import atomic_dir, write_manifest
+from clay_core.sources import record_partition_scenes
+from clay_core.types import PartitionId
 
 
 @asset(
@@ -26,27 +27,18 @@ from clay_core.storage.layout import atomic_dir, write_manifest
 )
 def raw_scenes(context: AssetExecutionContext, home: ClayHome, source: SceneSourceResource) -> MaterializeResult:
     t0 = time.perf_counter()
-    tile, window = split_key(context.partition_key)
-    src = source.get_source()
-    grid = src.grid(tile)
-    start, end = window_bounds(window)
-    refs = src.list_scenes(tile, start, end)
-    scenes = [
-        {"scene_id": r.scene_id, "tile": r.tile, "platform": r.platform, "datetime": r.datetime.isoformat(),
-         "hrefs": r.hrefs, "cloud_cover": r.cloud_cover}
-        for r in refs
-    ]
-    with atomic_dir(home.layout.partition("raw", tile, window)) as tmp:
-        write_manifest(tmp, {"tile": tile, "window": window, "crs": grid.crs, "scenes": scenes})
-    context.log.info(f"{tile} {window}: {len(refs)} acquisition(s)" + ("" if refs else " — empty window"))
+    pid = PartitionId.parse(context.partition_key)
+    listing = record_partition_scenes(home.layout, pid, source.get_source())
+    n = len(listing.refs)
+    context.log.info(f"{pid.tile} {pid.window}: {n} acquisition(s)" + ("" if n else " — empty window"))
     return MaterializeResult(
         metadata={
-            "scenes": len(refs),
-            "empty": not refs,
-            "platform": src.platform,
-            "scene_ids": MetadataValue.json([r.scene_id for r in refs]),
-            "hrefs": MetadataValue.json([r.hrefs for r in refs]),
-            "crs": grid.crs,
+            "scenes": n,
+            "empty": listing.empty,
+            "platform": listing.platform,
+            "scene_ids": MetadataValue.json(listing.scene_ids),
+            "hrefs": MetadataValue.json(listing.hrefs),
+            "crs": listing.crs,
             "seconds": round(time.perf_counter() - t0, 3),
         }
     )

@@ -3,35 +3,44 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from dagster import ConfigurableResource
 
-from clay_core.change.scores import ChangeParams
+from clay_core.change import ChangeParams, DetectorParams
 
 
 class ChangeSettings(ConfigurableResource):
-    baseline_obs: int = 3
-    z_threshold: float = 3.5
-    min_distance_factor: float = 3.0
-    min_relative_scale: float = 0.5
-    n_components: int = 3
-    n_harmonics: int = 1
+    """Flat run config; :meth:`params` turns it into the typed :class:`ChangeParams`.
+
+    The defaults are the dataclasses' own, so they are stated in one place.
+    """
+
+    baseline_obs: int = ChangeParams.baseline_obs
+    z_threshold: float = ChangeParams.z_threshold
+    min_distance_factor: float = ChangeParams.min_distance_factor
+    min_relative_scale: float = ChangeParams.min_relative_scale
+    n_components: int = ChangeParams.n_components
+    n_harmonics: int = ChangeParams.n_harmonics
     # Persistent-change detector on the first principal components (clay_core.change.detector);
     # its own defaults: 12 clear observations spanning >= 1 year of baseline, threshold 4, k 3.
-    detector_baseline_obs: int = 12
-    detector_threshold: float = 4.0
-    detector_k: int = 3
-
-    def detector_params(self) -> dict:
-        return {
-            "baseline_obs": self.detector_baseline_obs,
-            "threshold": self.detector_threshold,
-            "k_consecutive": self.detector_k,
-            "n_harmonics": self.n_harmonics,
-            "feature_names": [f"pc{i + 1}" for i in range(self.n_components)],
-        }
+    detector_baseline_obs: int = DetectorParams.baseline_obs
+    detector_threshold: float = DetectorParams.threshold
+    detector_k: int = DetectorParams.k_consecutive
 
     def params(self) -> ChangeParams:
-        # The resource is the Dagster-config face of ChangeParams: same field names.
-        return ChangeParams(**{f.name: getattr(self, f.name) for f in fields(ChangeParams)})
+        """The scores' settings, with the detector watching the first ``n_components`` PCs."""
+        detector = DetectorParams(
+            baseline_obs=self.detector_baseline_obs,
+            threshold=self.detector_threshold,
+            k_consecutive=self.detector_k,
+            n_harmonics=self.n_harmonics,
+            feature_names=tuple(f"pc{i + 1}" for i in range(self.n_components)),
+        )
+        return ChangeParams(
+            baseline_obs=self.baseline_obs,
+            z_threshold=self.z_threshold,
+            min_distance_factor=self.min_distance_factor,
+            min_relative_scale=self.min_relative_scale,
+            n_components=self.n_components,
+            n_harmonics=self.n_harmonics,
+            detector=detector,
+        )

@@ -12,7 +12,8 @@ from pydantic import PrivateAttr
 class ClayModel(ConfigurableResource):
     """The Clay encoder: a preset with seeded random weights, or a checkpoint file.
 
-    ``device='auto'`` uses CUDA when present, else the CPU.
+    ``device='auto'`` uses CUDA when present, else the CPU. ``dask_scheduler``: with several
+    GPUs, fan batches out over this existing Dask cluster instead of a local CUDA cluster.
     """
 
     preset: str = "tiny"
@@ -22,21 +23,22 @@ class ClayModel(ConfigurableResource):
     patch_tokens: bool = False
     seed: int = 0
     platform: str = "sentinel-2-l2a"
+    dask_scheduler: Optional[str] = None
 
     _encoder = PrivateAttr(default=None)
 
     def load(self):
-        """(encoder, device, model_id, checkpoint sha256 or None); loaded once per process."""
-        from clay_core.encoder import engine as embed, model
+        """The encoder with what identifies its weights (``LoadedEncoder``); loaded once per process."""
+        from clay_core.encoder import LoadedEncoder, build_encoder, file_sha256, load_encoder, model_id, resolve_device
 
         if self._encoder is None:
-            device = embed.resolve_device(self.device)
+            device = resolve_device(self.device)
             if self.checkpoint:
-                enc = model.load_encoder(self.checkpoint, self.preset, device=device)
-                sha = model.file_sha256(self.checkpoint)
+                enc = load_encoder(self.checkpoint, self.preset, device=device)
+                sha = file_sha256(self.checkpoint)
             else:
-                enc = model.build_encoder(self.preset, seed=self.seed).to(device)
+                enc = build_encoder(self.preset, seed=self.seed).to(device)
                 sha = None
-            mid = model.model_id(self.preset, self.checkpoint, self.seed)
-            self._encoder = (enc, device, mid, sha)
+            self._encoder = LoadedEncoder(enc, device, model_id(self.preset, self.checkpoint, self.seed), self.preset,
+                                          sha)
         return self._encoder

@@ -13,7 +13,7 @@ from typing import Optional
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
-from clay_core.sources.base import SceneSource
+from clay_core.sources import SceneSource
 
 
 class SceneSourceResource(ConfigurableResource):
@@ -48,7 +48,7 @@ class SyntheticSource(SceneSourceResource):
     until: Optional[str] = None
 
     def build(self) -> SceneSource:
-        from clay_core.sources.synthetic import SyntheticSceneSource, SyntheticWorld
+        from clay_core.sources import SyntheticSceneSource, SyntheticWorld
 
         return SyntheticSceneSource(
             SyntheticWorld(
@@ -76,7 +76,7 @@ class LocalRasterSourceResource(SceneSourceResource):
     band_names: Optional[list[str]] = None
 
     def build(self) -> SceneSource:
-        from clay_core.sources.local import LocalRasterSource
+        from clay_core.sources import LocalRasterSource
 
         return LocalRasterSource(self.root, pattern=self.pattern, platform=self.platform,
                                  qa_band=self.qa_band, band_names=self.band_names)
@@ -94,7 +94,7 @@ class CubeSourceResource(SceneSourceResource):
     qa_var: Optional[str] = "SCL"
 
     def build(self) -> SceneSource:
-        from clay_core.sources.cube import CubeSource
+        from clay_core.sources import CubeSource
 
         return CubeSource(self.path, self.tile, platform=self.platform, qa_var=self.qa_var)
 
@@ -117,7 +117,7 @@ class StacSourceResource(SceneSourceResource):
     timeout: float = 20.0
 
     def build(self) -> SceneSource:
-        from clay_core.sources.stac import StacSource
+        from clay_core.sources import StacSource
 
         return StacSource(
             url=self.url, collection=self.collection, platform=self.platform, max_cloud=self.max_cloud,

@@ -9,7 +9,7 @@ from typing import Optional
 from dagster import ConfigurableResource
 
 from clay_core.chips import ChipParams
-from clay_core.storage.layout import Layout
+from clay_core.storage import Layout
 
 
 class ClayHome(ConfigurableResource):
@@ -47,7 +47,7 @@ class ClayHome(ConfigurableResource):
     def open_cube(self, tile: str, window: str):
         """The partition's chip cube, opened lazily wherever it is stored (see its manifest)."""
         from clay_core.chips import open_cube
-        from clay_core.storage.layout import read_manifest
+        from clay_core.storage import read_manifest
 
         man = read_manifest(self.layout.partition("chips", tile, window))
         uri = man.get("cube_uri") or str(self.layout.partition("chips", tile, window) / "cube.zarr")

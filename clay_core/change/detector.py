@@ -50,8 +50,8 @@ events it confirmed plus the observation's :class:`ObservationScore`. The batch 
 :func:`update`, so processing a series incrementally (one new date at a time, with the state
 stored as JSON in between) gives exactly the batch result.
 
-Parameters (see :class:`ChangeParams` for the full list and defaults)
---------------------------------------------------------------------
+Parameters (see :class:`~clay_core.change.params.DetectorParams` for the full list and defaults)
+------------------------------------------------------------------------------------------------
 ``baseline_obs=12``
     clear observations needed before a baseline is fitted. 12 is CCDC's minimum: three
     observations per coefficient for one harmonic plus a trend; with 6 the level cannot be
@@ -88,11 +88,9 @@ Parameters (see :class:`ChangeParams` for the full list and defaults)
 
 Public API
 ----------
-:func:`harmonic_design`, :func:`fit_harmonic` / :class:`HarmonicFit`,
-:class:`ChangeParams`, :class:`ChangeState`, :func:`update`, :class:`ChangeEvent`,
-:class:`ObservationScore`, :func:`run_series`, :func:`detect_changes`,
-:func:`score_series`, :func:`cosine_distance`, :func:`distances_to_baseline`,
-:func:`distances_to_previous`, :func:`to_datetime`, :func:`to_decimal_years`.
+:class:`~clay_core.change.params.DetectorParams` (parameters), :func:`update`,
+:func:`run_series`, :func:`detect_changes`, :func:`score_series`; the state and result types
+live in :mod:`clay_core.change.state`, the baseline fit in :mod:`clay_core.change.harmonic`.
 
 Only numpy is needed (:func:`score_series` imports pandas lazily).
 """
@@ -100,646 +98,21 @@ Only numpy is needed (:func:`score_series` imports pandas lazily).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
-from datetime import date, datetime, timedelta, timezone
+from collections.abc import Sequence
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clay_core.change.harmonic import design_times_coef, fit_harmonic
+from clay_core.change.params import MIN_BASELINE_OBS, DetectorParams
+from clay_core.change.state import NAN, ChangeEvent, ChangeState, ObservationScore, SeriesObservation
+from clay_core.change.timeutil import decimal_year, to_datetime
+
 if TYPE_CHECKING:  # pandas is only needed by score_series (imported lazily)
     import pandas as pd
 
-__all__ = [
-    "ChangeEvent",
-    "ChangeParams",
-    "ChangeState",
-    "HarmonicFit",
-    "ObservationScore",
-    "cosine_distance",
-    "detect_changes",
-    "distances_to_baseline",
-    "distances_to_previous",
-    "fit_harmonic",
-    "harmonic_design",
-    "run_series",
-    "score_series",
-    "to_datetime",
-    "to_decimal_years",
-    "update",
-]
-
-STATE_VERSION = 1
-_EPOCH = datetime(1970, 1, 1)
-_SECONDS_PER_YEAR = 365.2425 * 86400.0  # mean Gregorian year
-_MAD_TO_SD = 1.4826  # median |N(0, 1)| -> sd
-_HUBER_C = 1.345
-_BISQUARE_C = 4.685
-_MIN_BASELINE_OBS = 3
-
-
-# --------------------------------------------------------------------------------------
-# dates and time
-
-
-def to_datetime(d: Any) -> datetime:
-    """Normalize a date-like value to ``datetime.datetime`` (microsecond precision).
-
-    Accepts ``datetime`` (incl. ``pandas.Timestamp``), ``date`` (-> midnight),
-    ``numpy.datetime64`` (-> naive, UTC by convention) and ISO-8601 strings. Timezone-aware
-    values are converted to UTC and stay aware; naive values are taken as UTC and stay naive.
-    """
-    if isinstance(d, np.datetime64):
-        if np.isnat(d):
-            raise ValueError("NaT is not a valid observation date")
-        us = int(d.astype("datetime64[us]").astype(np.int64))
-        return _EPOCH + timedelta(microseconds=us)
-    if isinstance(d, datetime):
-        aware = d.tzinfo is not None and d.utcoffset() is not None
-        if aware:
-            d = d.astimezone(timezone.utc)
-        return datetime(
-            d.year, d.month, d.day, d.hour, d.minute, d.second, d.microsecond,
-            tzinfo=timezone.utc if aware else None,
-        )
-    if isinstance(d, date):
-        return datetime(d.year, d.month, d.day)
-    if isinstance(d, str):
-        return to_datetime(datetime.fromisoformat(d))
-    raise TypeError(f"not a date: {d!r} ({type(d).__name__})")
-
-
-def _decimal_year(dt: datetime) -> float:
-    naive = dt.replace(tzinfo=None)  # to_datetime() already put aware values in UTC
-    return 1970.0 + (naive - _EPOCH).total_seconds() / _SECONDS_PER_YEAR
-
-
-def to_decimal_years(dates: Iterable[Any]) -> np.ndarray:
-    """Dates -> float decimal years (``1970 + seconds since epoch / mean Gregorian year``).
-
-    This is the time axis of every fit: gaps and irregular sampling need no special care, and
-    ``cos(2 pi t)`` has the same phase on the same calendar day every year (to within ~1 day).
-    """
-    return np.array([_decimal_year(to_datetime(d)) for d in dates], dtype=np.float64)
-
-
-# --------------------------------------------------------------------------------------
-# harmonic regression
-
-
-def harmonic_design(
-    t_years: np.ndarray, n_harmonics: int = 1, trend: bool = False, t0: float = 0.0
-) -> np.ndarray:
-    """Design matrix of the harmonic model, shape ``[T, 1 + trend + 2 * n_harmonics]``.
-
-    Columns: ``1``, then ``t - t0`` if ``trend``, then ``cos(2 pi k t), sin(2 pi k t)`` for
-    ``k = 1..n_harmonics`` (interleaved per k). ``t_years`` are decimal years; ``t0`` only
-    shifts the trend column (centring it keeps the fit well conditioned), the harmonics use
-    the absolute time so their phase is tied to the calendar.
-    """
-    t = np.asarray(t_years, dtype=np.float64).reshape(-1)
-    if n_harmonics < 0:
-        raise ValueError("n_harmonics must be >= 0")
-    cols = [np.ones_like(t)]
-    if trend:
-        cols.append(t - t0)
-    for k in range(1, int(n_harmonics) + 1):
-        w = 2.0 * np.pi * k * t
-        cols.append(np.cos(w))
-        cols.append(np.sin(w))
-    return np.stack(cols, axis=1)
-
-
-@dataclass(eq=False)
-class HarmonicFit:
-    """A fitted harmonic baseline, per feature.
-
-    Attributes:
-        coef: ``[n_coef, F]`` coefficients in :func:`harmonic_design` column order.
-        rmse: ``[F]`` robust residual scale per feature (floored at ``min_rmse``); the unit of
-            the detector's z-scores.
-        n_obs: number of (finite) observations fitted.
-        n_harmonics_used: harmonics actually used (may be fewer than requested, see
-            :func:`fit_harmonic`).
-        trend: whether a linear trend column was used.
-        t0: reference time of the trend column (mean fitted time), decimal years.
-        univariate: the fit was made on a 1-D ``y``; :meth:`predict` then returns 1-D.
-        t_min, t_max: time span of the fitted observations.
-    """
-
-    coef: np.ndarray
-    rmse: np.ndarray
-    n_obs: int
-    n_harmonics_used: int
-    trend: bool
-    t0: float
-    univariate: bool = False
-    t_min: float = float("nan")
-    t_max: float = float("nan")
-
-    @property
-    def n_features(self) -> int:
-        return int(self.coef.shape[1])
-
-    def predict(self, t_years: np.ndarray) -> np.ndarray:
-        """Model values at ``t_years``: ``[T]`` for a univariate fit, else ``[T, F]``."""
-        X = harmonic_design(t_years, self.n_harmonics_used, self.trend, self.t0)
-        out = _design_times_coef(X, self.coef)
-        return out[:, 0] if self.univariate else out
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (floats round-trip exactly through ``json``)."""
-        return {
-            "coef": self.coef.tolist(),
-            "rmse": self.rmse.tolist(),
-            "n_obs": int(self.n_obs),
-            "n_harmonics_used": int(self.n_harmonics_used),
-            "trend": bool(self.trend),
-            "t0": float(self.t0),
-            "univariate": bool(self.univariate),
-            "t_min": float(self.t_min),
-            "t_max": float(self.t_max),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HarmonicFit:
-        return cls(
-            coef=np.asarray(d["coef"], dtype=np.float64).reshape(-1, len(d["rmse"])),
-            rmse=np.asarray(d["rmse"], dtype=np.float64),
-            n_obs=int(d["n_obs"]),
-            n_harmonics_used=int(d["n_harmonics_used"]),
-            trend=bool(d["trend"]),
-            t0=float(d["t0"]),
-            univariate=bool(d.get("univariate", False)),
-            t_min=float(d.get("t_min", float("nan"))),
-            t_max=float(d.get("t_max", float("nan"))),
-        )
-
-
-def _choose_model(
-    n: int, n_harmonics: int, trend: bool, min_obs_per_coef: float
-) -> tuple[int, bool]:
-    """Largest model with ``n >= min_obs_per_coef * n_coef``: fewer harmonics, then constant."""
-    for h in range(int(n_harmonics), -1, -1):
-        if n >= min_obs_per_coef * (1 + int(trend) + 2 * h):
-            return h, bool(trend)
-    return 0, False
-
-
-def _wls(X: np.ndarray, Y: np.ndarray, W: np.ndarray, ridge: float) -> np.ndarray:
-    """Weighted ridge least squares, one weight column per feature. Returns ``[p, F]``.
-
-    The normal equations are accumulated with plain elementwise numpy reductions (no BLAS
-    matmul/einsum, whose summation order can depend on memory layout), so identical inputs
-    give bit-identical coefficients however the arrays were created (batch vs JSON state).
-    """
-    n, p = X.shape
-    F = Y.shape[1]
-    A = np.empty((F, p, p))
-    b = np.empty((F, p))
-    for i in range(p):
-        WXi = W * X[:, i : i + 1]
-        b[:, i] = np.sum(WXi * Y, axis=0)
-        for j in range(i, p):
-            A[:, i, j] = A[:, j, i] = np.sum(WXi * X[:, j : j + 1], axis=0)
-    penalty = np.eye(p)
-    penalty[0, 0] = 0.0  # never shrink the level
-    A = A + (ridge * np.sum(W, axis=0))[:, None, None] * penalty + 1e-12 * np.eye(p)
-    return np.ascontiguousarray(np.linalg.solve(A, b[..., None])[..., 0].T)
-
-
-def _design_times_coef(X: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """``X @ coef`` as an explicit sum over the (few) columns: deterministic rounding."""
-    out = X[:, 0:1] * coef[0]
-    for j in range(1, X.shape[1]):
-        out = out + X[:, j : j + 1] * coef[j]
-    return out
-
-
-def _robust_scale(R: np.ndarray, floor: float) -> np.ndarray:
-    return np.maximum(_MAD_TO_SD * np.median(np.abs(R), axis=0), floor)
-
-
-def fit_harmonic(
-    t_years: np.ndarray,
-    y: np.ndarray,
-    n_harmonics: int = 1,
-    trend: bool = False,
-    robust: bool = True,
-    ridge: float = 1e-3,
-    *,
-    min_rmse: float = 1e-6,
-    min_obs_per_coef: float = 3.0,
-    max_iter: int = 50,
-    tol: float = 1e-10,
-) -> HarmonicFit:
-    """Fit the harmonic model of :func:`harmonic_design` to ``y``, per feature.
-
-    Args:
-        t_years: ``[T]`` decimal years (see :func:`to_decimal_years`).
-        y: ``[T]`` or ``[T, F]``; rows with any non-finite value are dropped.
-        n_harmonics: annual harmonics requested (1 = annual cycle, 2 adds the half-year one).
-        trend: add a linear trend in ``t - t0`` (``t0`` = mean fitted time).
-        robust: iteratively reweighted least squares, per feature: a few Huber iterations from
-            the least-squares start, then Tukey bisquare (c = 4.685) until converged; weights
-            use the current robust scale 1.4826 x median |residual|. Gross outliers (clouds,
-            glitches: up to a sizeable fraction of the points) end with weight 0.
-            ``False``: ordinary (ridge) least squares and an RMSE scale.
-        ridge: ridge penalty on all but the intercept, relative to the total weight
-            (``ridge * sum(w) * ||beta[1:]||^2``); stabilizes short or gappy windows and
-            shrinks well-determined coefficients by only ~``2 * ridge``.
-        min_rmse: absolute floor of the per-feature scale (a perfectly clean baseline would
-            otherwise give infinite z-scores).
-        min_obs_per_coef: graceful degradation: if ``T < min_obs_per_coef * n_coef`` the
-            number of harmonics is reduced, then the trend dropped, down to a constant
-            (CCDC uses 3 observations per coefficient). The model used is recorded in
-            ``n_harmonics_used`` / ``trend``.
-        max_iter, tol: IRLS iteration limit and relative coefficient convergence tolerance.
-
-    Returns:
-        :class:`HarmonicFit`; ``rmse`` is the robust residual scale (``robust=True``) or the
-        RMSE (``robust=False``), both corrected by ``sqrt(n / (n - n_coef))`` for the fitted
-        degrees of freedom, floored at ``min_rmse``.
-
-    Raises:
-        ValueError: no finite observation, or mismatched shapes.
-    """
-    t = np.asarray(t_years, dtype=np.float64).reshape(-1)
-    Y = np.asarray(y, dtype=np.float64)
-    univariate = Y.ndim == 1
-    if univariate:
-        Y = Y[:, None]
-    if Y.ndim != 2 or Y.shape[0] != t.shape[0]:
-        raise ValueError(f"y must be [T] or [T, F] with T={t.shape[0]}, got {Y.shape}")
-    keep = np.isfinite(t) & np.all(np.isfinite(Y), axis=1)
-    t, Y = t[keep], Y[keep]
-    n, F = Y.shape
-    if n == 0:
-        raise ValueError("fit_harmonic needs at least one finite observation")
-
-    h, tr = _choose_model(n, n_harmonics, trend, min_obs_per_coef)
-    t0 = float(np.mean(t))
-    X = harmonic_design(t, h, tr, t0)
-    p = X.shape[1]
-    W = np.ones_like(Y)
-    coef = _wls(X, Y, W, ridge)
-    if robust and n > p:
-        n_huber = 5
-        for it in range(max_iter):
-            R = Y - _design_times_coef(X, coef)
-            s = _robust_scale(R, max(min_rmse, 1e-12))
-            a = np.abs(R)
-            if it < n_huber:
-                W = np.minimum(1.0, _HUBER_C * s / np.maximum(a, 1e-300))
-            else:
-                u = R / (_BISQUARE_C * s)
-                W = np.where(np.abs(u) < 1.0, (1.0 - u**2) ** 2, 0.0)
-            # a feature with (almost) all weights zero would be singular: fall back to OLS
-            bad = W.sum(axis=0) < p
-            if np.any(bad):
-                W[:, bad] = 1.0
-            new = _wls(X, Y, W, ridge)
-            delta = np.max(np.abs(new - coef))
-            coef = new
-            if it >= n_huber and delta <= tol * (1.0 + np.max(np.abs(coef))):
-                break
-
-    R = Y - _design_times_coef(X, coef)
-    dof = math.sqrt(n / (n - p)) if n > p else 1.0
-    if robust:
-        scale = _MAD_TO_SD * np.median(np.abs(R), axis=0) * dof
-    else:
-        scale = np.sqrt(np.sum(R**2, axis=0) / (n - p if n > p else n))
-    rmse = np.maximum(scale, min_rmse)
-    return HarmonicFit(
-        coef=coef, rmse=rmse, n_obs=int(n), n_harmonics_used=int(h), trend=bool(tr), t0=t0,
-        univariate=univariate, t_min=float(t.min()), t_max=float(t.max()),
-    )
-
-
-# --------------------------------------------------------------------------------------
-# parameters, events, scores
-
-
-def _opt_datetime(d: Any) -> datetime | None:
-    return None if d is None else to_datetime(d)
-
-
-@dataclass(frozen=True)
-class ChangeParams:
-    """Parameters of the change detector (all keyword arguments of :func:`update` & co.).
-
-    Attributes:
-        baseline_obs: clear observations needed to fit a baseline (default 12; >= 3).
-        baseline_years: minimum time span of a baseline in years; ``None`` = 1.0 when
-            ``n_harmonics > 0`` (one seasonal cycle) else 0.0.
-        baseline_start: first baseline only: ignore observations before this date.
-        baseline_end: first baseline only: the baseline is every clear observation up to and
-            including this date (needs >= 3 of them, otherwise the count rule applies).
-        n_harmonics: annual harmonics of the baseline (default 1).
-        trend: linear trend in the baseline (default False).
-        threshold: an observation exceeds when its RMS robust z-score is above this
-            (default 4.0).
-        k_consecutive: consecutive exceeding clear observations that confirm a change
-            (default 3).
-        min_magnitude: an exceeding observation must also have a mean absolute deviation
-            (value units) of at least this (default 0 = off).
-        min_run_cosine: when a run reaches ``k_consecutive`` observations, the member whose
-            standardized residual vector has the lowest cosine to the median standardized
-            residual of the other members is removed from the run (and the run waits for
-            another exceeding observation) if that cosine is below this (default 0.5; -1
-            disables the check). Keeps unflagged outliers (clouds, haze) from starting a run
-            early or adding up to a false change.
-        robust: robust (IRLS) baseline fit (default True).
-        ridge: ridge penalty of the baseline fit (default 1e-3).
-        min_rmse: floor of the per-feature baseline scale (default 1e-6).
-        feature_names: names used in ``ChangeEvent.signals``; default ``["value"]`` for one
-            feature, else ``["f0", "f1", ...]``.
-        max_signals: at most this many feature names per event (default 10).
-    """
-
-    baseline_obs: int = 12
-    baseline_years: float | None = None
-    baseline_start: datetime | None = None
-    baseline_end: datetime | None = None
-    n_harmonics: int = 1
-    trend: bool = False
-    threshold: float = 4.0
-    k_consecutive: int = 3
-    min_magnitude: float = 0.0
-    min_run_cosine: float = 0.5
-    robust: bool = True
-    ridge: float = 1e-3
-    min_rmse: float = 1e-6
-    feature_names: tuple[str, ...] | None = None
-    max_signals: int = 10
-
-    def __post_init__(self) -> None:
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        set_("baseline_start", _opt_datetime(self.baseline_start))
-        set_("baseline_end", _opt_datetime(self.baseline_end))
-        if self.feature_names is not None:
-            set_("feature_names", tuple(str(n) for n in self.feature_names))
-        if self.baseline_years is not None:
-            set_("baseline_years", float(self.baseline_years))
-        for k in ("threshold", "min_magnitude", "min_run_cosine", "ridge", "min_rmse"):
-            set_(k, float(getattr(self, k)))
-        for k in ("baseline_obs", "n_harmonics", "k_consecutive", "max_signals"):
-            set_(k, int(getattr(self, k)))
-        set_("trend", bool(self.trend))
-        set_("robust", bool(self.robust))
-        if self.baseline_obs < _MIN_BASELINE_OBS:
-            raise ValueError(f"baseline_obs must be >= {_MIN_BASELINE_OBS}")
-        if self.k_consecutive < 1:
-            raise ValueError("k_consecutive must be >= 1")
-        if self.n_harmonics < 0:
-            raise ValueError("n_harmonics must be >= 0")
-        if not self.threshold > 0:
-            raise ValueError("threshold must be > 0")
-        if self.min_magnitude < 0 or self.ridge < 0 or not self.min_rmse > 0:
-            raise ValueError("min_magnitude and ridge must be >= 0, min_rmse > 0")
-        if not -1.0 <= self.min_run_cosine <= 1.0:
-            raise ValueError("min_run_cosine must be in [-1, 1]")
-        if self.baseline_years is not None and self.baseline_years < 0:
-            raise ValueError("baseline_years must be >= 0")
-        if self.max_signals < 1:
-            raise ValueError("max_signals must be >= 1")
-        if (
-            self.baseline_start is not None
-            and self.baseline_end is not None
-            and _decimal_year(self.baseline_end) < _decimal_year(self.baseline_start)
-        ):
-            raise ValueError("baseline_end is before baseline_start")
-
-    @property
-    def effective_baseline_years(self) -> float:
-        if self.baseline_years is not None:
-            return self.baseline_years
-        return 1.0 if self.n_harmonics > 0 else 0.0
-
-    def names_for(self, n_features: int) -> list[str]:
-        if self.feature_names is not None:
-            if len(self.feature_names) != n_features:
-                raise ValueError(
-                    f"{len(self.feature_names)} feature_names for {n_features} features"
-                )
-            return list(self.feature_names)
-        return ["value"] if n_features == 1 else [f"f{i}" for i in range(n_features)]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (dates as ISO strings)."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, datetime):
-                v = v.isoformat()
-            elif isinstance(v, tuple):
-                v = list(v)
-            out[f.name] = v
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ChangeParams:
-        return cls.from_kwargs(**d)
-
-    @classmethod
-    def from_kwargs(cls, **params: Any) -> ChangeParams:
-        """Build from keyword arguments; ``params=ChangeParams(...)`` is accepted as well."""
-        if "params" in params:
-            base = params.pop("params")
-            if not isinstance(base, ChangeParams):
-                raise TypeError("params= must be a ChangeParams")
-            params = {**{f.name: getattr(base, f.name) for f in fields(base)}, **params}
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise TypeError(f"unknown change-detection parameter(s) {unknown}; valid: {sorted(names)}")
-        return cls(**params)
-
-
-@dataclass(frozen=True)
-class ChangeEvent:
-    """A confirmed change.
-
-    Attributes:
-        first_date: date of the first observation of the confirming run (the change date).
-        confirmed_date: date of the ``k_consecutive``-th exceeding clear observation (when the
-            change became known).
-        magnitude: median score over the run (RMS robust z-score, baseline-sd units).
-        signals: names of the features whose median ``|z|`` over the run exceeded the
-            threshold, strongest first (at most ``max_signals``; the single strongest feature
-            if none exceeded on its own, i.e. a diffuse change).
-        first_index, confirmed_index: positions of those observations in the input series
-            (counting every observation passed in, cloudy ones included).
-        n_obs_baseline: number of observations of the baseline the change departed from.
-    """
-
-    first_date: datetime
-    confirmed_date: datetime
-    magnitude: float
-    signals: list[str]
-    first_index: int
-    confirmed_index: int
-    n_obs_baseline: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "first_date": self.first_date.isoformat(),
-            "confirmed_date": self.confirmed_date.isoformat(),
-            "magnitude": float(self.magnitude),
-            "signals": list(self.signals),
-            "first_index": int(self.first_index),
-            "confirmed_index": int(self.confirmed_index),
-            "n_obs_baseline": int(self.n_obs_baseline),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ChangeEvent:
-        return cls(
-            first_date=to_datetime(d["first_date"]),
-            confirmed_date=to_datetime(d["confirmed_date"]),
-            magnitude=float(d["magnitude"]),
-            signals=[str(s) for s in d["signals"]],
-            first_index=int(d["first_index"]),
-            confirmed_index=int(d["confirmed_index"]),
-            n_obs_baseline=int(d["n_obs_baseline"]),
-        )
-
-
-@dataclass(frozen=True)
-class ObservationScore:
-    """How one observation compared with the current baseline.
-
-    Attributes:
-        date: the observation date (normalized by :func:`to_datetime`).
-        index: position in the series (every observation counted, cloudy ones included).
-        score: RMS over features of ``residual / rmse`` (NaN when not scored: cloudy, part of a
-            baseline being collected, or before ``baseline_start``).
-        residual_norm: L2 norm of the residual vector (value units).
-        abs_deviation: mean absolute residual over features (value units).
-        pct_deviation: ``100 * residual_norm / ||prediction||`` (NaN if the prediction is ~0).
-        exceeds: ``score > threshold`` (and ``abs_deviation >= min_magnitude``).
-        in_baseline: the observation went into a baseline being collected.
-        clear: usable observation (clear flag set and all values finite).
-    """
-
-    date: datetime
-    index: int
-    score: float
-    residual_norm: float
-    abs_deviation: float
-    pct_deviation: float
-    exceeds: bool
-    in_baseline: bool
-    clear: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-_NAN = float("nan")
-
-
-def _unscored(dt: datetime, index: int, *, in_baseline: bool, clear: bool) -> ObservationScore:
-    return ObservationScore(dt, index, _NAN, _NAN, _NAN, _NAN, False, in_baseline, clear)
-
-
-# --------------------------------------------------------------------------------------
-# state and the incremental update
-
-
-@dataclass(eq=False)
-class _Obs:
-    index: int
-    date: datetime
-    t: float
-    value: np.ndarray
-    score: float = _NAN
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "date": self.date.isoformat(),
-            "t": self.t,
-            "value": self.value.tolist(),
-            "score": None if math.isnan(self.score) else self.score,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> _Obs:
-        s = d.get("score")
-        return cls(
-            index=int(d["index"]),
-            date=to_datetime(d["date"]),
-            t=float(d["t"]),
-            value=np.asarray(d["value"], dtype=np.float64),
-            score=_NAN if s is None else float(s),
-        )
-
-
-@dataclass(eq=False)
-class ChangeState:
-    """Everything the detector needs to continue a series with the next observation.
-
-    Holds the parameters, the current baseline fit (``None`` while a baseline is being
-    collected), the clear observations collected for that baseline, the pending run of
-    exceeding observations (kept whole: they seed the new baseline if the change is
-    confirmed) and all events emitted so far. ``to_dict()`` gives plain JSON-safe data
-    (lists, floats, ISO dates) and ``from_dict`` restores an identical state, so a pipeline
-    can persist it per chip between runs.
-
-    Size: while collecting a baseline the state holds up to a year of observation vectors
-    (~50 x F floats); once fitted only ``(n_coef + 1) x F`` floats plus the pending run.
-    """
-
-    params: ChangeParams = field(default_factory=ChangeParams)
-    n_seen: int = 0
-    n_features: int | None = None
-    last_t: float | None = None
-    segment: int = 0
-    fit: HarmonicFit | None = None
-    buffer: list[_Obs] = field(default_factory=list)
-    pending: list[_Obs] = field(default_factory=list)
-    events: list[ChangeEvent] = field(default_factory=list)
-
-    @classmethod
-    def new(cls, **params: Any) -> ChangeState:
-        """Empty state for the given parameters (see :class:`ChangeParams`)."""
-        return cls(params=ChangeParams.from_kwargs(**params))
-
-    @property
-    def collecting_baseline(self) -> bool:
-        return self.fit is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "params": self.params.to_dict(),
-            "n_seen": self.n_seen,
-            "n_features": self.n_features,
-            "last_t": self.last_t,
-            "segment": self.segment,
-            "fit": None if self.fit is None else self.fit.to_dict(),
-            "buffer": [o.to_dict() for o in self.buffer],
-            "pending": [o.to_dict() for o in self.pending],
-            "events": [e.to_dict() for e in self.events],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ChangeState:
-        if d.get("version") != STATE_VERSION:
-            raise ValueError(f"unsupported ChangeState version {d.get('version')!r}")
-        return cls(
-            params=ChangeParams.from_dict(d["params"]),
-            n_seen=int(d["n_seen"]),
-            n_features=None if d["n_features"] is None else int(d["n_features"]),
-            last_t=None if d["last_t"] is None else float(d["last_t"]),
-            segment=int(d["segment"]),
-            fit=None if d["fit"] is None else HarmonicFit.from_dict(d["fit"]),
-            buffer=[_Obs.from_dict(o) for o in d["buffer"]],
-            pending=[_Obs.from_dict(o) for o in d["pending"]],
-            events=[ChangeEvent.from_dict(e) for e in d["events"]],
-        )
+__all__ = ["detect_changes", "run_series", "score_series", "update"]
 
 
 def _fit_baseline(state: ChangeState) -> None:
@@ -758,14 +131,20 @@ def _baseline_complete(state: ChangeState) -> bool:
     return len(b) >= p.baseline_obs and (b[-1].t - b[0].t) >= p.effective_baseline_years
 
 
+def _run_residuals(state: ChangeState) -> tuple[np.ndarray, np.ndarray]:
+    """``(values [k, F], standardized residuals z [k, F])`` of the pending run."""
+    fit, run = state.fit, state.pending
+    assert fit is not None
+    V = np.stack([o.value for o in run])
+    X = fit.design(np.array([o.t for o in run]))
+    return V, (V - design_times_coef(X, fit.coef)) / fit.rmse
+
+
 def _make_event(state: ChangeState) -> ChangeEvent:
     p, fit, run = state.params, state.fit, state.pending
     assert fit is not None
-    t = np.array([o.t for o in run])
-    V = np.stack([o.value for o in run])
-    X = harmonic_design(t, fit.n_harmonics_used, fit.trend, fit.t0)
-    Z = np.abs((V - _design_times_coef(X, fit.coef)) / fit.rmse)
-    med = np.median(Z, axis=0)
+    V, Z = _run_residuals(state)
+    med = np.median(np.abs(Z), axis=0)
     names = p.names_for(V.shape[1])
     order = np.argsort(-med, kind="stable")
     signals = [names[i] for i in order if med[i] > p.threshold][: p.max_signals]
@@ -787,7 +166,7 @@ def _cosine_det(a: np.ndarray, b: np.ndarray) -> float:
     na = math.sqrt(float(np.sum(a * a)))
     nb = math.sqrt(float(np.sum(b * b)))
     if na == 0.0 or nb == 0.0:
-        return _NAN
+        return NAN
     return float(np.sum(a * b)) / (na * nb)
 
 
@@ -798,14 +177,10 @@ def _inconsistent_member(state: ChangeState) -> int | None:
     the other members; the lowest one (earliest on ties) if it is below ``min_run_cosine``.
     A zero vector (NaN cosine) is no evidence either way and never removed.
     """
-    p, fit, run = state.params, state.fit, state.pending
-    assert fit is not None
+    p, run = state.params, state.pending
     if p.min_run_cosine <= -1.0 or len(run) < 2:
         return None
-    t = np.array([o.t for o in run])
-    V = np.stack([o.value for o in run])
-    X = harmonic_design(t, fit.n_harmonics_used, fit.trend, fit.t0)
-    Z = (V - _design_times_coef(X, fit.coef)) / fit.rmse
+    _, Z = _run_residuals(state)
     worst, worst_cos = None, p.min_run_cosine
     for j in range(len(run)):
         others = np.concatenate([Z[:j], Z[j + 1 :]])
@@ -815,48 +190,50 @@ def _inconsistent_member(state: ChangeState) -> int | None:
     return worst
 
 
-def _ingest(state: ChangeState, obs: _Obs) -> tuple[ObservationScore, list[ChangeEvent]]:
-    """Process one clear observation (baseline collection or monitoring)."""
+def _collect_baseline(state: ChangeState, obs: SeriesObservation) -> ObservationScore | None:
+    """While no baseline is fitted: buffer ``obs`` (its unscored result), or ``None`` once the
+    baseline window has closed and ``obs`` is the first observation to score against it."""
     p = state.params
-    if state.fit is None:
-        initial = state.segment == 0
-        if initial and p.baseline_start is not None and obs.t < _decimal_year(p.baseline_start):
-            return _unscored(obs.date, obs.index, in_baseline=False, clear=True), []
-        window = initial and p.baseline_end is not None
-        t_end = _decimal_year(p.baseline_end) if window else math.inf
-        if window and obs.t > t_end and len(state.buffer) >= _MIN_BASELINE_OBS:
-            _fit_baseline(state)  # window closed: fit it and score this observation below
-        else:
-            state.buffer.append(obs)
-            if (not window or obs.t > t_end) and _baseline_complete(state):
-                _fit_baseline(state)
-            return _unscored(obs.date, obs.index, in_baseline=True, clear=True), []
+    initial = state.segment == 0
+    if initial and p.baseline_start is not None and obs.t < decimal_year(p.baseline_start):
+        return ObservationScore.unscored(obs.date, obs.index, in_baseline=False, clear=True)
+    window = initial and p.baseline_end is not None
+    t_end = decimal_year(p.baseline_end) if window else math.inf
+    if window and obs.t > t_end and len(state.buffer) >= MIN_BASELINE_OBS:
+        _fit_baseline(state)  # window closed: fit it and score this observation
+        return None
+    state.buffer.append(obs)
+    if (not window or obs.t > t_end) and _baseline_complete(state):
+        _fit_baseline(state)
+    return ObservationScore.unscored(obs.date, obs.index, in_baseline=True, clear=True)
 
-    fit = state.fit
-    X = harmonic_design(np.array([obs.t]), fit.n_harmonics_used, fit.trend, fit.t0)
-    pred = _design_times_coef(X, fit.coef)[0]
+
+def _score(state: ChangeState, obs: SeriesObservation) -> ObservationScore:
+    """Compare ``obs`` with the fitted baseline."""
+    p, fit = state.params, state.fit
+    assert fit is not None
+    pred = design_times_coef(fit.design(np.array([obs.t])), fit.coef)[0]
     r = obs.value - pred
     score = float(np.sqrt(np.mean((r / fit.rmse) ** 2)))
     residual_norm = float(np.sqrt(np.sum(r * r)))  # not np.linalg.norm: BLAS-free, deterministic
     abs_dev = float(np.mean(np.abs(r)))
     pred_norm = float(np.sqrt(np.sum(pred * pred)))
-    pct = 100.0 * residual_norm / pred_norm if pred_norm > 1e-12 else _NAN
+    pct = 100.0 * residual_norm / pred_norm if pred_norm > 1e-12 else NAN
     exceeds = score > p.threshold and abs_dev >= p.min_magnitude
-    result = ObservationScore(
-        obs.date, obs.index, score, residual_norm, abs_dev, pct, exceeds, False, True
-    )
-    if not exceeds:
-        state.pending = []
-        return result, []
+    return ObservationScore(obs.date, obs.index, score, residual_norm, abs_dev, pct, exceeds, False, True)
+
+
+def _extend_run(state: ChangeState, obs: SeriesObservation, score: float) -> list[ChangeEvent]:
+    """Add an exceeding observation to the pending run; confirm and restart when it is long
+    and consistent enough."""
     obs.score = score
     state.pending.append(obs)
-    if len(state.pending) < p.k_consecutive:
-        return result, []
+    if len(state.pending) < state.params.k_consecutive:
+        return []
     outlier = _inconsistent_member(state)
     if outlier is not None:
         del state.pending[outlier]  # departs in its own direction: not part of the change
-        return result, []
-
+        return []
     event = _make_event(state)
     state.events.append(event)
     run = state.pending
@@ -864,9 +241,22 @@ def _ingest(state: ChangeState, obs: _Obs) -> tuple[ObservationScore, list[Chang
     state.pending, state.buffer, state.fit = [], [], None
     state.segment += 1
     for o in run:
-        o.score = _NAN
+        o.score = NAN
         _ingest(state, o)
-    return result, [event]
+    return [event]
+
+
+def _ingest(state: ChangeState, obs: SeriesObservation) -> tuple[ObservationScore, list[ChangeEvent]]:
+    """Process one clear observation (baseline collection or monitoring)."""
+    if state.fit is None:
+        unscored = _collect_baseline(state, obs)
+        if unscored is not None:
+            return unscored, []
+    result = _score(state, obs)
+    if not result.exceeds:
+        state.pending = []
+        return result, []
+    return result, _extend_run(state, obs, result.score)
 
 
 def update(
@@ -888,7 +278,7 @@ def update(
             observation cloudy.
         clear: ``False`` = cloudy/unusable: the observation is skipped entirely (not fitted,
             not scored, does not extend or reset a pending run).
-        **params: :class:`ChangeParams` fields (or ``params=ChangeParams(...)``). Only needed
+        **params: :class:`DetectorParams` fields (or ``params=DetectorParams(...)``). Only needed
             when ``state`` is ``None``; if given with an existing state they must equal the
             state's parameters.
 
@@ -901,12 +291,12 @@ def update(
             that differ from the state's.
     """
     if state is None:
-        state = ChangeState(params=ChangeParams.from_kwargs(**params))
-    elif params and ChangeParams.from_kwargs(**params) != state.params:
+        state = ChangeState(params=DetectorParams.from_kwargs(**params))
+    elif params and DetectorParams.from_kwargs(**params) != state.params:
         raise ValueError("params differ from the ones this ChangeState was created with")
 
     dt = to_datetime(date)
-    t = _decimal_year(dt)
+    t = decimal_year(dt)
     v = np.asarray(value, dtype=np.float64)
     if v.ndim > 1:
         raise ValueError(f"value must be a scalar or a 1-D vector, got shape {v.shape}")
@@ -923,13 +313,9 @@ def update(
     state.n_seen += 1
 
     if not (bool(clear) and bool(np.all(np.isfinite(v)))):
-        return state, [], _unscored(dt, index, in_baseline=False, clear=False)
-    score, events = _ingest(state, _Obs(index=index, date=dt, t=t, value=v))
+        return state, [], ObservationScore.unscored(dt, index, in_baseline=False, clear=False)
+    score, events = _ingest(state, SeriesObservation(index=index, date=dt, t=t, value=v))
     return state, events, score
-
-
-# --------------------------------------------------------------------------------------
-# batch wrappers
 
 
 def _series_inputs(
@@ -961,7 +347,7 @@ def run_series(
         values: ``[T]`` or ``[T, F]``.
         clear: optional ``[T]`` bool mask, ``False`` = cloudy (skipped).
         state: continue from this state (e.g. loaded from JSON); ``None`` starts fresh.
-        **params: :class:`ChangeParams` fields.
+        **params: :class:`DetectorParams` fields.
 
     Returns:
         ``(state, events, scores)``: final state, the events confirmed during this call, one
@@ -969,7 +355,7 @@ def run_series(
     """
     dates, V, c = _series_inputs(dates, values, clear)
     if state is None:
-        state = ChangeState(params=ChangeParams.from_kwargs(**params))
+        state = ChangeState(params=DetectorParams.from_kwargs(**params))
         params = {}
     events: list[ChangeEvent] = []
     scores: list[ObservationScore] = []
@@ -990,7 +376,7 @@ def detect_changes(
             irregular spacing and gaps are fine.
         values: ``[T]`` or ``[T, F]`` (embeddings, principal components, any signals).
         clear: optional ``[T]`` bool mask; ``False`` (cloudy) observations are skipped.
-        **params: :class:`ChangeParams` fields: ``baseline_obs=12``, ``baseline_years``
+        **params: :class:`DetectorParams` fields: ``baseline_obs=12``, ``baseline_years``
             (1 year with harmonics), ``baseline_start``/``baseline_end``, ``n_harmonics=1``,
             ``trend=False``, ``threshold=4.0``, ``k_consecutive=3``, ``min_magnitude=0``,
             ``min_run_cosine=0.5``, ``feature_names``...
@@ -1031,77 +417,3 @@ def score_series(
     df["change_onset"] = onset
     df.attrs["events"] = events
     return df
-
-
-# --------------------------------------------------------------------------------------
-# cosine distances
-
-
-def cosine_distance(a: Any, b: Any) -> np.ndarray | float:
-    """``1 - cos(a, b)`` along the last axis (broadcasting), in ``[0, 2]``.
-
-    NaN where either vector is zero or non-finite. Returns a float for two vectors.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    na = np.linalg.norm(a, axis=-1)
-    nb = np.linalg.norm(b, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.sum(a * b, axis=-1) / (na * nb)
-    d = np.clip(1.0 - cos, 0.0, 2.0)
-    d = np.where((na > 0) & (nb > 0) & np.isfinite(cos), d, np.nan)
-    return float(d) if d.ndim == 0 else d
-
-
-def _rows(values: Any, clear: Any) -> tuple[np.ndarray, np.ndarray]:
-    V = np.asarray(values, dtype=np.float64)
-    if V.ndim != 2:
-        raise ValueError(f"values must be [T, F], got shape {V.shape}")
-    ok = np.all(np.isfinite(V), axis=1)
-    if clear is not None:
-        c = np.asarray(clear, dtype=bool).reshape(-1)
-        if c.shape[0] != V.shape[0]:
-            raise ValueError("clear must have one flag per row")
-        ok &= c
-    return V, ok
-
-
-def distances_to_baseline(values: Any, baseline_mask: Any, clear: Any = None) -> np.ndarray:
-    """Cosine distance of every observation to the baseline-mean embedding, ``[T]``.
-
-    The baseline embedding is the mean of the L2-normalized rows selected by
-    ``baseline_mask`` (and ``clear``, if given); normalizing first keeps bright/dark scenes
-    from dominating the direction. Rows that are not clear (or not finite) get NaN; all-NaN if
-    the baseline selects no usable row.
-    """
-    V, ok = _rows(values, clear)
-    m = np.asarray(baseline_mask, dtype=bool).reshape(-1)
-    if m.shape[0] != V.shape[0]:
-        raise ValueError("baseline_mask must have one flag per row")
-    out = np.full(V.shape[0], np.nan)
-    sel = m & ok
-    norms = np.linalg.norm(V, axis=1)
-    sel &= norms > 0
-    if not np.any(sel):
-        return out
-    centroid = np.mean(V[sel] / norms[sel, None], axis=0)
-    out[ok] = cosine_distance(V[ok], centroid)
-    return out
-
-
-def distances_to_previous(values: Any, clear: Any = None) -> np.ndarray:
-    """Cosine distance of every clear observation to the previous clear one, ``[T]``.
-
-    NaN for the first clear observation and for cloudy (or non-finite) rows; cloudy rows are
-    skipped when looking for "previous".
-    """
-    V, ok = _rows(values, clear)
-    T = V.shape[0]
-    out = np.full(T, np.nan)
-    if T == 0:
-        return out
-    last_ok = np.maximum.accumulate(np.where(ok, np.arange(T), -1))
-    prev = np.concatenate([[-1], last_ok[:-1]])
-    has = ok & (prev >= 0)
-    out[has] = cosine_distance(V[has], V[prev[has]])
-    return out

@@ -9,9 +9,13 @@ import pandas as pd
 
 from clay_core.chips import chip_id
 
+__all__ = ["DetectionReport", "score_detections", "truth_chips"]
+
 
 @dataclass
 class DetectionReport:
+    """Chip-level precision, recall and delay of the first flags against the planted truth."""
+
     truth_chips: int
     flagged_chips: int
     true_positives: int

@@ -10,14 +10,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
-from sklearn.decomposition import IncrementalPCA
+
+if TYPE_CHECKING:  # sklearn is only needed to fit (imported lazily): projecting needs numpy alone
+    from sklearn.decomposition import IncrementalPCA
+
+__all__ = ["PcaBasis", "fit_incremental", "load_current", "next_version", "set_current"]
 
 
 @dataclass
 class PcaBasis:
+    """A fitted basis: ``transform`` projects [n, dim] embeddings to [n, k] components."""
+
     version: int
     mean: np.ndarray  # [dim]
     components: np.ndarray  # [k, dim]
@@ -50,6 +56,8 @@ def fit_incremental(batches: Iterable[np.ndarray], n_components: int, version: i
     Batches smaller than ``n_components`` are buffered until large enough (IncrementalPCA
     needs at least that many rows per partial fit).
     """
+    from sklearn.decomposition import IncrementalPCA
+
     ipca: IncrementalPCA | None = None
     pending: list[np.ndarray] = []
     total = 0
@@ -79,18 +87,21 @@ def fit_incremental(batches: Iterable[np.ndarray], n_components: int, version: i
 
 
 def next_version(root: Path) -> int:
+    """One more than the highest ``v<N>`` directory under ``root`` (1 when there is none)."""
     root = Path(root)
     versions = [int(p.name[1:]) for p in root.glob("v*") if p.name[1:].isdigit()] if root.is_dir() else []
     return max(versions, default=0) + 1
 
 
 def set_current(root: Path, version: int) -> None:
+    """Name ``version`` the current basis (atomic rename, so readers never see half a file)."""
     tmp = Path(root) / ".current.json.tmp"
     tmp.write_text(json.dumps({"version": version}))
     tmp.replace(Path(root) / "current.json")
 
 
 def load_current(root: Path) -> PcaBasis:
+    """The basis ``current.json`` names; FileNotFoundError when none was fitted yet."""
     cur = Path(root) / "current.json"
     if not cur.is_file():
         raise FileNotFoundError(f"no PCA basis under {root}: materialize the `pca` asset first")

@@ -9,7 +9,7 @@ windows) form a time series. Scores:
 - ``cosine_to_previous``: cosine distance from its previous clear observation;
 - ``harmonic_deviation``: RMS over the first ``n_components`` principal components of the
   residual from a robust harmonic seasonal fit on the baseline, in units of the baseline
-  residual scale (see ``clay_core.change.detector``);
+  residual scale (see ``clay_core.change.harmonic``);
 - ``change_score``: robust z-score of ``cosine_to_baseline`` among the tile's chips on the same
   date, ``(d - median) / scale`` with ``scale = max(1.4826 * MAD, min_relative_scale * median)``:
   illumination and phenology shift every chip together, a clearing shifts a few; the
@@ -24,33 +24,21 @@ persistence; this module gives the per-observation scores the vector table carri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
-from clay_core.change.detector import cosine_distance, fit_harmonic
-from clay_core.errors import ConfigError
+from clay_core.change.distances import cosine_distance
+from clay_core.change.harmonic import fit_harmonic
+from clay_core.change.params import ChangeParams
 from clay_core.types import Observations
 
-
-@dataclass(frozen=True)
-class ChangeParams:
-    baseline_obs: int = 3
-    z_threshold: float = 3.5
-    min_distance_factor: float = 3.0
-    min_relative_scale: float = 0.5
-    n_components: int = 3
-    n_harmonics: int = 1
-
-    def __post_init__(self) -> None:
-        if self.baseline_obs < 1:
-            raise ConfigError("baseline_obs must be >= 1")
-        if self.z_threshold <= 0:
-            raise ConfigError("z_threshold must be > 0")
+__all__ = ["COLUMNS", "score_partition", "top_changed"]
 
 
 def _years(t: np.ndarray) -> np.ndarray:
+    """Years since 1970 in Julian years (365.25 d): the time axis of the per-date harmonic fit."""
     return (t.astype("datetime64[s]").astype(np.int64) / (365.25 * 86400.0)).astype(np.float64)
 
 
@@ -60,7 +48,12 @@ COLUMNS = [
 ]
 
 
-def score_partition(current: Observations, history: Observations, project, params: ChangeParams) -> pd.DataFrame:
+def score_partition(
+    current: Observations,
+    history: Observations,
+    project: Callable[[np.ndarray], np.ndarray],
+    params: ChangeParams,
+) -> pd.DataFrame:
     """Scores for every observation in ``current`` given the earlier ``history``.
 
     ``project`` maps [n, dim] embeddings to principal components ([n, k]).
@@ -108,48 +101,6 @@ def score_partition(current: Observations, history: Observations, project, param
     return df[COLUMNS]
 
 
-# -- persistent change events (CCDC-style), carried from window to window --------------------
-
-
-@dataclass
-class EventTracking:
-    """Per-chip detector states after one window, and what this window added."""
-
-    states: dict[str, dict]  # chip_id -> ChangeState.to_dict()
-    events: pd.DataFrame  # events confirmed by this window's observations
-    scores: pd.DataFrame  # chip_id, datetime, detector_score, detector_exceeds, in_baseline
-
-
-EVENT_COLUMNS = ["chip_id", "first_date", "confirmed_date", "magnitude", "signals", "n_obs_baseline"]
-
-
-def advance_events(states: dict[str, dict], obs: Observations, values: np.ndarray, detector_params: dict) -> EventTracking:
-    """Feed one window's observations (oldest first) to each chip's detector state.
-
-    ``values`` are the series the detector watches (row-aligned with ``obs``; the first
-    principal components in the pipeline). States round-trip through JSON, so processing
-    windows one at a time gives the events a whole-series ``detect_changes`` would
-    (``tests/test_change_pipeline.py`` checks it on the pipeline's own data).
-    """
-    from clay_core.change.detector import ChangeState, update
-
-    new_states = dict(states)
-    events, scores = [], []
-    for i in np.argsort(obs.datetime, kind="stable"):
-        cid = str(obs.chip_id[i])
-        state = ChangeState.from_dict(new_states[cid]) if cid in new_states else None
-        if state is None:
-            state, new, sc = update(None, pd.Timestamp(obs.datetime[i]).to_pydatetime(), values[i], True, **detector_params)
-        else:
-            state, new, sc = update(state, pd.Timestamp(obs.datetime[i]).to_pydatetime(), values[i], True)
-        new_states[cid] = state.to_dict()
-        for e in new:
-            events.append((cid, e.first_date.date(), e.confirmed_date.date(), float(e.magnitude), list(e.signals),
-                           int(e.n_obs_baseline)))
-        scores.append((cid, obs.datetime[i], float(sc.score) if sc.score is not None else np.nan, bool(sc.exceeds),
-                       bool(sc.in_baseline)))
-    return EventTracking(
-        new_states,
-        pd.DataFrame(events, columns=EVENT_COLUMNS),
-        pd.DataFrame(scores, columns=["chip_id", "datetime", "detector_score", "detector_exceeds", "detector_in_baseline"]),
-    )
+def top_changed(scores: pd.DataFrame, n: int = 5) -> pd.DataFrame:
+    """The ``n`` rows with the highest ``change_score``, highest first."""
+    return scores.sort_values("change_score", ascending=False).head(n)

@@ -1,5 +1,8 @@
 """Model inputs from raw data: normalized pixels, time rows, lat/lon rows, wavelengths.
 
+:func:`model_inputs` builds a :class:`ModelInputs` (what the encoder takes for N chips);
+the embedding engine and the task heads both start from it.
+
 Unknown metadata: any ``None`` (or NaT / NaN) date or coordinate gives a row of zeros,
 which is what the Clay model saw for about 20% of its training samples when the
 acquisition time or location was withheld. A whole argument may also be ``None`` when
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -18,7 +22,7 @@ import numpy as np
 from clay_core.errors import ConfigError
 from clay_core.platforms import Platform, get_platform
 
-__all__ = ["encode_time", "encode_latlon", "normalize", "waves_for", "band_stats"]
+__all__ = ["ModelInputs", "model_inputs", "encode_time", "encode_latlon", "normalize", "waves_for", "band_stats"]
 
 _TWO_PI = 2.0 * math.pi
 
@@ -146,3 +150,64 @@ def normalize(
     x -= mean.reshape(shape)
     x /= std.reshape(shape)
     return x
+
+
+def pixel_shape(pixels: Any) -> tuple[int, ...]:
+    """The shape of any array-like (numpy, xarray, zarr, or an object with ``shape``)."""
+    shape = getattr(pixels, "shape", None)
+    return tuple(int(s) for s in (shape if shape is not None else np.shape(pixels)))
+
+
+@dataclass(frozen=True, eq=False)
+class ModelInputs:
+    """Everything the encoder takes for N chips besides its weights.
+
+    ``pixels`` stay raw (digital numbers; numpy, xarray or zarr) and are normalized batch by
+    batch (:meth:`batch`): a cube larger than memory streams through, and no normalized
+    float32 copy of every chip is ever held.
+    """
+
+    pixels: Any  # [N, C, H, W] raw
+    platform: Platform
+    bands: tuple[str, ...]
+    time: np.ndarray  # [N, 4] float32, see encode_time
+    latlon: np.ndarray  # [N, 4] float32, see encode_latlon
+    waves: np.ndarray  # [C] float32 micrometres
+    gsd: float  # metres
+
+    def __len__(self) -> int:
+        return int(self.time.shape[0])
+
+    @property
+    def chip_shape(self) -> tuple[int, int]:
+        h, w = pixel_shape(self.pixels)[-2:]
+        return h, w
+
+    def batch(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Normalized float32 pixels [n, C, H, W] of ``rows`` (a slice or an index array)."""
+        return normalize(np.asarray(self.pixels[rows]), self.platform, self.bands)
+
+    def rows(self, start: int, stop: int) -> ModelInputs:
+        """The inputs of chips ``start:stop`` (pixels sliced lazily, metadata rows copied)."""
+        return replace(self, pixels=self.pixels[start:stop], time=self.time[start:stop],
+                       latlon=self.latlon[start:stop])
+
+
+def model_inputs(pixels: Any, *, platform: str | Platform, bands: Sequence[str], datetimes: Any, lat: Any,
+                 lon: Any) -> ModelInputs:
+    """The encoder's inputs for raw chips [N, C, H, W] of ``platform``'s ``bands``.
+
+    ``datetimes``, ``lat``, ``lon`` have one entry per chip; ``None`` entries (or ``None``
+    for a whole argument) mean unknown and give zero rows. Unknown bands and a pixel array
+    that is not [N, len(bands), H, W] fail here, before any pixel is read.
+    """
+    plat = get_platform(platform)
+    plat.select(bands)
+    shape = pixel_shape(pixels)
+    if len(shape) != 4:
+        raise ConfigError(f"pixels must be [N, C, H, W], got shape {shape}")
+    if shape[1] != len(bands):
+        raise ConfigError(f"pixels have {shape[1]} bands but {len(bands)} band names were given: {list(bands)}")
+    n = shape[0]
+    return ModelInputs(pixels, plat, tuple(str(b) for b in bands), encode_time(datetimes, n=n),
+                       encode_latlon(lat, lon, n=n), waves_for(plat, bands), float(plat.gsd))

@@ -1,4 +1,6 @@
-"""The Clay v1 / v1.5 encoder, written from ``CLAY_MODEL.md``.
+"""The Clay v1 / v1.5 encoder: a patch embedding whose kernel is generated from the bands'
+wavelengths, then a ViT over the patch tokens; time and lat/lon enter through the last
+channels of the position encoding.
 
 Parameter names mirror the published checkpoints exactly so that ``load_encoder`` can read
 ``clay-v1.5.ckpt`` (preset "large") and ``clay-v1-base.ckpt`` (preset "base") without any
@@ -15,6 +17,7 @@ import hashlib
 import json
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,8 @@ __all__ = [
     "model_id",
     "count_parameters",
     "forward_flops",
+    "load_weights_only",
+    "LoadedEncoder",
 ]
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -361,7 +366,7 @@ def _unpickler_detail(exc: Exception) -> str:
     return ""
 
 
-def _torch_load(path: Path) -> Any:
+def load_weights_only(path: Path) -> Any:
     """``torch.load`` with ``weights_only=True``, memory-mapped when the format allows.
 
     Memory-mapping means the decoder/teacher tensors of a training checkpoint are never
@@ -436,7 +441,7 @@ def load_encoder(path: str | PathLike[str], config: ConfigLike, device: str | to
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     cfg = resolve_config(config)
-    state = _encoder_state(_torch_load(path), path)
+    state = _encoder_state(load_weights_only(path), path)
     # Build on the meta device: no memory is allocated and no random init is spent on
     # weights that are replaced right away (the large preset has 311 M parameters).
     with torch.device("meta"):
@@ -450,6 +455,17 @@ def load_encoder(path: str | PathLike[str], config: ConfigLike, device: str | to
 
 
 # --------------------------------------------------------------------------- ids & accounting
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedEncoder:
+    """An encoder ready to run, with what identifies its weights (what stages record)."""
+
+    encoder: ClayEncoder
+    device: str
+    model_id: str
+    preset: str
+    checkpoint_sha256: str | None = None  # None: seeded random weights
 
 
 def file_sha256(path: str | PathLike[str], chunk_size: int = 1 << 20) -> str:

@@ -1,8 +1,8 @@
 """Fan embedding batches over several GPUs with Dask.
 
 ``dask_cuda.LocalCUDACluster`` starts one worker per visible GPU (each worker sees only
-its own GPU as ``cuda:0``); with ``DASK_SCHEDULER_ADDRESS`` set, an existing cluster of
-GPU workers is used instead. The encoder weights are scattered once to every worker and
+its own GPU as ``cuda:0``); given a scheduler address, an existing cluster of GPU workers is
+used instead. The encoder weights are scattered once to every worker and
 each worker builds its model once, then keeps it for later tasks.
 
 ``dask_cuda`` and ``distributed`` are imported only inside ``get_client`` (called only
@@ -14,25 +14,22 @@ machines, and ``clay_core.encoder.engine`` must stay importable there. They come
 from __future__ import annotations
 
 import atexit
-import os
 import threading
 import time as _time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from clay_core.encoder.engine import EmbeddingResult, Progress, embed_prepared
-from clay_core.errors import ConfigError
+from clay_core.encoder.inputs import ModelInputs
 from clay_core.encoder.model import ClayEncoder
-from clay_core.platforms import Platform
+from clay_core.encoder.single import EmbeddingResult, Progress, embed_inputs
+from clay_core.errors import ConfigError
 
-__all__ = ["ENV_SCHEDULER", "get_client", "close_client", "embed_chips_multi_gpu", "fan_out"]
-
-ENV_SCHEDULER = "DASK_SCHEDULER_ADDRESS"
+__all__ = ["get_client", "close_client", "embed_chips_multi_gpu", "fan_out"]
 # Chunks per task: several batches per task let each worker pipeline its own batches
 # (prefetch, pinned copies) while keeping per-task scheduling overhead small.
 BATCHES_PER_TASK = 4
@@ -42,8 +39,9 @@ _client: Any = None
 _cluster: Any = None
 
 
-def get_client() -> Any:
-    """A process-wide ``distributed.Client``: external scheduler or a LocalCUDACluster."""
+def get_client(scheduler_address: str | None = None) -> Any:
+    """A process-wide ``distributed.Client``: the scheduler at ``scheduler_address`` (the
+    deployment's ``DASK_SCHEDULER_ADDRESS``) or, without one, a LocalCUDACluster."""
     global _client, _cluster
     with _lock:
         if _client is not None:
@@ -55,16 +53,15 @@ def get_client() -> Any:
                 "multi-GPU embedding needs the 'gpu' extra (dask-cuda, distributed): "
                 "pip install 'clay-assets[gpu]', or pass device='cuda:0' to use one GPU"
             ) from exc
-        address = os.environ.get(ENV_SCHEDULER)
-        if address:
-            _client = Client(address)
+        if scheduler_address:
+            _client = Client(scheduler_address)
         else:
             try:
                 from dask_cuda import LocalCUDACluster
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise ConfigError(
                     "multi-GPU embedding needs dask-cuda: pip install 'clay-assets[gpu]', "
-                    f"set {ENV_SCHEDULER} to an existing cluster, or pass device='cuda:0'"
+                    "give the address of an existing cluster (DASK_SCHEDULER_ADDRESS), or pass device='cuda:0'"
                 ) from exc
             # One single-threaded worker per GPU: a GPU runs one task at a time.
             _cluster = LocalCUDACluster(threads_per_worker=1)
@@ -115,31 +112,24 @@ def _worker_encoder(weights: EncoderWeights, device: str) -> ClayEncoder:
 
 def _embed_task(
     weights: EncoderWeights,
-    pixels: Any,
+    inputs: ModelInputs,
     start: int,
-    plat: Platform,
-    bands: list[str],
-    times: np.ndarray,
-    latlon: np.ndarray,
     batch_size: int,
     patch_tokens: bool,
     device: str,
 ) -> tuple[int, np.ndarray, np.ndarray | None]:
     """Runs on a worker: embed one slice of chips; returns (start, cls, patches)."""
     encoder = _worker_encoder(weights, device)
-    res = embed_prepared(
-        encoder, pixels, platform=plat, bands=bands, times=times, latlon=latlon,
-        batch_size=batch_size, device=device, patch_tokens=patch_tokens,
-    )  # fmt: skip
+    res = embed_inputs(encoder, inputs, batch_size=batch_size, device=device, patch_tokens=patch_tokens)
     return start, res.cls, res.patches
 
 
-def _task_input(pixels: Any, start: int, stop: int) -> Any:
+def _task_input(inputs: ModelInputs, start: int, stop: int) -> ModelInputs:
     """The slice a task receives: lazy for xarray (the worker reads it), else materialized."""
-    part = pixels[start:stop]
-    if hasattr(part, "isel"):  # xarray: ship the lazy selection, not the pixels
+    part = inputs.rows(start, stop)
+    if hasattr(part.pixels, "isel"):  # xarray: ship the lazy selection, not the pixels
         return part
-    return np.ascontiguousarray(np.asarray(part))
+    return replace(part, pixels=np.ascontiguousarray(np.asarray(part.pixels)))
 
 
 def _weights_token(encoder: ClayEncoder) -> str:
@@ -177,12 +167,8 @@ def fan_out(
     client: Any,
     wait: Callable[..., Any],
     encoder: ClayEncoder,
-    pixels: Any,
+    inputs: ModelInputs,
     *,
-    platform: Platform,
-    bands: list[str],
-    times: np.ndarray,
-    latlon: np.ndarray,
     batch_size: int,
     patch_tokens: bool,
     progress: Progress | None,
@@ -196,10 +182,10 @@ def fan_out(
     (``distributed.wait`` or ``concurrent.futures.wait``). At most two tasks per worker
     are in flight, so only that many slices are held in memory at once.
     """
-    n = len(times)
+    n = len(inputs)
     dim = encoder.dim
     p = encoder.patch_size
-    h, w = (int(s) for s in pixels.shape[-2:])
+    h, w = inputs.chip_shape
     cls_out = np.empty((n, dim), dtype=np.float32)
     patch_out = np.empty((n, (h // p) * (w // p), dim), dtype=np.float16) if patch_tokens else None
     weights = _scatter_weights(client, encoder)
@@ -211,10 +197,8 @@ def fan_out(
     next_range = 0
 
     def submit(start: int, stop: int) -> Any:
-        return client.submit(
-            _embed_task, weights, _task_input(pixels, start, stop), start, platform, bands,
-            times[start:stop], latlon[start:stop], batch_size, patch_tokens, worker_device, pure=False,
-        )  # fmt: skip
+        return client.submit(_embed_task, weights, _task_input(inputs, start, stop), start, batch_size, patch_tokens,
+                             worker_device, pure=False)  # fmt: skip
 
     while next_range < len(ranges) or pending:
         while next_range < len(ranges) and len(pending) < window:
@@ -236,15 +220,12 @@ def fan_out(
 
 def embed_chips_multi_gpu(
     encoder: ClayEncoder,
-    pixels: Any,
+    inputs: ModelInputs,
     *,
-    platform: Platform,
-    bands: list[str],
-    times: np.ndarray,
-    latlon: np.ndarray,
     batch_size: int,
     patch_tokens: bool,
     progress: Progress | None,
+    scheduler_address: str | None = None,
 ) -> EmbeddingResult:
     """``embed_chips`` over all GPUs of the Dask cluster; same result layout.
 
@@ -252,13 +233,11 @@ def embed_chips_multi_gpu(
     """
     from distributed import wait
 
-    client = get_client()
+    client = get_client(scheduler_address)
     n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
     t0 = _time.perf_counter()
-    cls, patches = fan_out(
-        client, wait, encoder, pixels, platform=platform, bands=bands, times=times, latlon=latlon,
-        batch_size=batch_size, patch_tokens=patch_tokens, progress=progress, n_workers=n_workers,
-    )  # fmt: skip
+    cls, patches = fan_out(client, wait, encoder, inputs, batch_size=batch_size, patch_tokens=patch_tokens,
+                           progress=progress, n_workers=n_workers)  # fmt: skip
     seconds = _time.perf_counter() - t0
     n = len(cls)
     return EmbeddingResult(cls, patches, "cuda", "bfloat16", seconds, n / seconds if seconds > 0 else float("inf"))

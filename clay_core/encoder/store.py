@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -10,7 +11,12 @@ import xarray as xr
 from clay_core.types import Observations
 
 
-def write_embeddings(path: Path, chip_ids, datetimes, cls: np.ndarray, patches: np.ndarray | None, attrs: dict) -> None:
+__all__ = ["write_embeddings", "open_embeddings", "read_observations"]
+
+
+def write_embeddings(path: Path, chip_ids: Any, datetimes: Any, cls: np.ndarray, patches: np.ndarray | None,
+                     attrs: dict) -> None:
+    """One row per chip: ``embedding`` [chip, dim] (+ ``patches`` [chip, token, dim]), chip ids and times."""
     data = {"embedding": (("chip", "dim"), np.asarray(cls, np.float32))}
     encoding = {"embedding": {"chunks": (max(1, min(1024, cls.shape[0])), cls.shape[1])}}
     if patches is not None:
@@ -29,10 +35,12 @@ def write_embeddings(path: Path, chip_ids, datetimes, cls: np.ndarray, patches: 
 
 
 def open_embeddings(path: Path) -> xr.Dataset:
+    """A partition's embedding store, opened lazily."""
     return xr.open_zarr(path, zarr_format=3, consolidated=False, chunks=None)
 
 
 def read_observations(path: Path) -> Observations:
+    """A partition's class-token embeddings in memory, row-aligned with chip ids and times."""
     ds = open_embeddings(path)
     return Observations(
         np.asarray(ds["chip_id"].values.tolist(), dtype=object),

@@ -2,8 +2,8 @@
 
 A chip is identified by a *chip reference*: one row of a DataFrame with ``chip_id``, ``tile``,
 ``row``, ``col``, ``datetime`` (UTC) and its native bounds ``x_min, y_min, x_max, y_max`` in
-``crs`` (what ``chip_refs`` builds from a chip cube). Every :class:`LabelSource` answers, for
-a frame of chip references and the chip size:
+``crs`` (a ``ChipSet``'s ``meta`` frame; ``chip_refs`` builds it from a chip cube). Every
+:class:`LabelSource` answers, for a frame of chip references and the chip size:
 
 - ``pixel_labels``  -> uint8 [n, cs, cs] class indices per pixel (``IGNORE`` = unknown);
 - ``chip_classes``  -> int64 [n] one class per chip (``IGNORE`` = unknown); by default the
@@ -20,6 +20,8 @@ Sources:
 - :class:`SyntheticLabels` - the synthetic world's land cover (``CLASS_NAMES``), exactly the
   map the scenes were drawn from, including clearings from the date they appear; its
   continuous target is the scene's NDVI.
+
+:func:`label_source` builds one from plain settings (what the ``labels`` resource holds).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "SyntheticLabels",
     "chip_refs",
     "majority_class",
+    "label_source",
 ]
 
 IGNORE = 255  # "no label" in pixel label maps and chip classes
@@ -331,3 +334,20 @@ class SyntheticLabels(LabelSource):
 
     def pixel_values(self, refs: pd.DataFrame, chip_size: int) -> np.ndarray:
         return self._cut(refs, chip_size, 1, np.float32)
+
+
+def label_source(kind: str, path: str | PathLike[str] | None = None, class_names: list[str] | None = None, *,
+                 band: int = 1, values: bool = False, scene_source: Any = None) -> LabelSource:
+    """``kind``: ``synthetic`` (the land cover of ``scene_source``, a synthetic scene source),
+    ``raster`` (label GeoTIFF(s) at ``path``; ``values=True`` for a continuous target) or
+    ``table`` (CSV/Parquet ``chip_id -> class`` at ``path``)."""
+    k = kind.strip().lower()
+    if k == "synthetic":
+        return SyntheticLabels(scene_source)
+    if k in ("raster", "table") and not path:
+        raise ConfigError(f"label source kind={k!r} needs a path (CLAY_LABELS_PATH)")
+    if k == "raster":
+        return RasterLabels(path, class_names, band=band, kind="values" if values else "classes")
+    if k == "table":
+        return TableLabels(path, class_names)
+    raise ConfigError(f"unknown label source kind {kind!r}; use synthetic, raster or table")

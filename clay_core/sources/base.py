@@ -1,11 +1,21 @@
-"""The one interface every scene source implements."""
+"""The one interface every scene source implements, and its UTC convention (:func:`as_utc`)."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from datetime import datetime
+from datetime import datetime, timezone
+from typing import Any
 
 from clay_core.types import Scene, SceneRef, TileGrid
+
+__all__ = ["SceneSource", "as_utc"]
+
+
+def as_utc(dt: Any) -> Any:
+    """A timezone-aware UTC datetime (naive input is taken to be UTC)."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
 
 
 class SceneSource(ABC):

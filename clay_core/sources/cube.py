@@ -46,8 +46,10 @@ import pandas as pd
 from affine import Affine
 
 from clay_core.errors import ConfigError, SceneError, UnknownTileError
-from clay_core.sources.base import SceneSource
-from clay_core.sources.rio import QA_FORMATS, as_utc, canonical_band, crs_string, qa_fill, synthetic_qa, to_scl
+from clay_core.sources.bands import canonical_band
+from clay_core.sources.base import SceneSource, as_utc
+from clay_core.sources.crs import crs_string
+from clay_core.sources.qa import QA_FORMATS, qa_fill, synthetic_qa, to_scl
 from clay_core.types import Scene, SceneRef, TileGrid
 
 NRT_ROMANIA_10M = "sentinel2_cube_subset_romania_10m.nc"

@@ -24,7 +24,7 @@ CRS is refused (SceneError naming both CRSs). ``Scene.qa`` is SCL-like uint8: th
 ``qa_band`` is None, 0 where every band is ``nodata`` and 7 (unclassified) elsewhere.
 
 ``chip_reader(ref, bands, chip_size)`` streams the same pixels chip row by chip row straight
-into chip layout (:class:`clay_core.sources.rio.ChipRowReader`, used by
+into chip layout (:class:`clay_core.sources.chip_reader.ChipRowReader`, used by
 :func:`clay_core.chips.chip_source_scene`) instead of one ``[band, y, x]`` scene array.
 """
 
@@ -42,24 +42,13 @@ import numpy as np
 from rasterio.enums import Resampling
 
 from clay_core.errors import ConfigError, SceneError, UnknownTileError
-from clay_core.sources.base import SceneSource
-from clay_core.sources.rio import (
-    QA_FORMATS,
-    ChipBandFile,
-    ChipQAFile,
-    ChipRowReader,
-    as_utc,
-    canonical_band,
-    grid_from_dict,
-    grid_of,
-    large_empty,
-    open_raster,
-    qa_fill,
-    read_to_grid,
-    resampling_for,
-    synthetic_qa,
-    to_scl,
-)
+from clay_core.sources.arrays import large_empty
+from clay_core.sources.bands import canonical_band, resampling_for
+from clay_core.sources.base import SceneSource, as_utc
+from clay_core.sources.chip_reader import ChipBandFile, ChipQAFile, ChipRowReader
+from clay_core.sources.grid_read import open_raster, read_to_grid
+from clay_core.sources.grids import grid_from_dict, grid_of
+from clay_core.sources.qa import QA_FORMATS, qa_fill, synthetic_qa, to_scl
 from clay_core.types import Scene, SceneRef, TileGrid
 
 DATE_RE = (

@@ -74,24 +74,14 @@ from affine import Affine
 from rasterio.enums import Resampling
 
 from clay_core.errors import ConfigError, SceneError, UnknownTileError
-from clay_core.sources.base import SceneSource
-from clay_core.sources.rio import (
-    QA_FORMATS,
-    as_utc,
-    canonical_band,
-    crs_string,
-    gdal_env,
-    gdal_env_options,
-    grid_from_dict,
-    grid_of,
-    landsat_qa_to_scl,
-    open_raster,
-    qa_fill,
-    read_to_grid,
-    redact,
-    resampling_for,
-    to_scl,
-)
+from clay_core.sources.bands import canonical_band, resampling_for
+from clay_core.sources.base import SceneSource, as_utc
+from clay_core.sources.crs import crs_string
+from clay_core.sources.gdal import gdal_env, gdal_env_options
+from clay_core.sources.grid_read import open_raster, read_to_grid
+from clay_core.sources.grids import grid_from_dict, grid_of
+from clay_core.sources.qa import QA_FORMATS, landsat_qa_to_scl, qa_fill, to_scl
+from clay_core.sources.urls import redact
 from clay_core.types import Scene, SceneRef, TileGrid
 
 __all__ = ["EARTH_SEARCH", "PLATFORMS", "StacSource", "item_tile", "landsat_qa_to_scl"]

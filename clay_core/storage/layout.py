@@ -1,43 +1,53 @@
-"""Where each stage keeps its per-partition files under one root, and atomic replacement.
+"""Where each stage keeps its per-partition files under one root.
 
-Layout under ``root`` (``$CLAY_HOME/data`` by default)::
+Layout under ``root`` (``<CLAY_HOME>/data`` in the Dagster app)::
 
     raw/<tile>/<window>/manifest.json        scenes found for the tile x window
     chips/<tile>/<window>/cube.zarr          Zarr v3 chip cube (chip, band, y, x)
                          /index.parquet      GeoParquet chip index
                          /thumbs/*.png       RGB thumbnails, /mosaic.png
     embeddings/<tile>/<window>/embeddings.zarr
+    predictions/<tile>/<window>/predictions.zarr
     pca/v<N>/basis.npz, pca/current.json
     change/<tile>/<window>/scores.parquet (+ intensity.png, chips.geojson)
 
-Every partition directory is written under a temporary name beside its final place and
-swapped in with ``os.replace``, so a crash never leaves a half-written partition that
-looks complete, and re-running a partition replaces it instead of adding to it.
+Partition directories are replaced whole (:func:`clay_core.storage.atomic.atomic_dir`) and
+complete once their manifest is written (:mod:`clay_core.storage.manifest`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-MANIFEST = "manifest.json"
+from clay_core.storage.atomic import atomic_dir
+from clay_core.storage.manifest import MANIFEST, read_manifest, write_manifest
+from clay_core.types import PartitionId
+
+__all__ = ["Layout", "RAW", "CHIPS", "EMBEDDINGS", "PREDICTIONS", "CHANGE",
+           # re-exported for callers that import them from here
+           "MANIFEST", "atomic_dir", "read_manifest", "write_manifest"]  # fmt: skip
+
+#: The per-partition stages (directory names under the root).
+RAW, CHIPS, EMBEDDINGS, PREDICTIONS, CHANGE = "raw", "chips", "embeddings", "predictions", "change"
 
 
 @dataclass(frozen=True)
 class Layout:
+    """The per-stage partition directories under ``root``."""
+
     root: Path
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
     def partition(self, stage: str, tile: str, window: str) -> Path:
+        """``<root>/<stage>/<tile>/<window>``."""
         return self.root / stage / tile / window
+
+    def partition_dir(self, stage: str, pid: PartitionId) -> Path:
+        """:meth:`partition` of a :class:`PartitionId`."""
+        return self.partition(stage, pid.tile, pid.window)
 
     def windows(self, stage: str, tile: str) -> list[str]:
         """Completed partitions (those with a manifest) of ``stage`` for ``tile``, oldest first."""
@@ -45,38 +55,3 @@ class Layout:
         if not d.is_dir():
             return []
         return sorted(p.name for p in d.iterdir() if (p / MANIFEST).is_file() and not p.name.startswith("."))
-
-
-@contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``final`` only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_manifest(directory: Path, payload: dict) -> None:
-    """Written last inside a partition directory: its presence marks the partition complete."""
-    (Path(directory) / MANIFEST).write_text(json.dumps(payload, indent=2, default=str))
-
-
-def read_manifest(directory: Path) -> dict:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"partition {directory} has not been materialized (no {MANIFEST}); materialize the upstream asset first"
-        )
-    return json.loads(path.read_text())

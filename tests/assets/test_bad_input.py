@@ -14,7 +14,7 @@ from clay_assets.definitions import ALL_ASSETS, PER_SCENE_DOWNSTREAM, PER_SCENE_
 from clay_assets.partitions import make_key
 from clay_core.chips import ChipParams
 from clay_core.errors import ConfigError, DatabaseError, UnknownTileError
-from clay_core.storage.layout import read_manifest
+from clay_core.storage import read_manifest
 from clay_core.tiles import parse_tile
 from tests.support.pipeline import small_resources, small_source
 

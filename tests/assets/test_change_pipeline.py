@@ -17,10 +17,9 @@ from clay_assets.definitions import ALL_ASSETS, PER_SCENE_DOWNSTREAM
 from clay_assets.partitions import make_key
 from clay_assets.resources import ChangeSettings
 from clay_assets.runner import materialize_graph
-from clay_core.types import Observations
-from clay_core.change.detector import detect_changes
+from clay_core.change import detect_changes, load_current
 from clay_core.encoder.store import read_observations
-from clay_core.change.pca import load_current
+from clay_core.types import Observations
 from tests.support.pipeline import small_resources, small_source
 
 WINDOWS = [(date(2024, 1, 1) + timedelta(weeks=i)).isoformat() for i in range(9)]
@@ -64,13 +63,13 @@ def test_incremental_equals_batch(run):
     obs = Observations.concat([read_observations(layout.partition("embeddings", "31UFU", w) / "embeddings.zarr")
                                for w in WINDOWS], 192)
     pcs = basis.transform(obs.vectors)[:, :3]
-    params = run["res"]["change_settings"].detector_params()
+    detector = run["res"]["change_settings"].params().detector
     batch = []
     for cid in sorted(set(obs.chip_id)):
         m = obs.chip_id == cid
         order = np.argsort(obs.datetime[m])
         dates = list(pd.to_datetime(obs.datetime[m][order]).to_pydatetime())
-        for e in detect_changes(dates, pcs[m][order], **params):
+        for e in detect_changes(dates, pcs[m][order], params=detector):
             batch.append((cid, e.first_date.date(), e.confirmed_date.date(), round(float(e.magnitude), 9)))
     inc = [(r.chip_id, r.first_date, r.confirmed_date, round(float(r.magnitude), 9)) for r in _events(layout).itertuples()]
     assert inc == sorted(batch)
@@ -89,3 +88,11 @@ def test_events_in_postgres_and_rerun_keeps_them_once(run):
     with psycopg.connect(run["pg_url"]) as conn:
         assert conn.execute(q).fetchone()[0] == n_files
     assert len(_events(layout)) == n_files
+
+
+def test_settings_give_one_typed_parameter_object():
+    p = ChangeSettings(**DETECTOR).params()
+    assert (p.n_components, p.n_harmonics, p.baseline_obs) == (3, 0, 3)
+    d = p.detector
+    assert (d.baseline_obs, d.k_consecutive, d.threshold, d.n_harmonics) == (3, 2, 4.0, 0)
+    assert d.feature_names == ("pc1", "pc2", "pc3")

@@ -13,20 +13,22 @@ import torch
 from dagster import AssetKey, DagsterInstance, materialize
 
 from clay_assets.assets.chip_cubes import chip_cubes
-from clay_assets.assets.finetune import FINETUNE_ASSETS, FINETUNE_RESOURCES, LabelSettings, head_model, head_predictions
+from clay_assets.assets.head_model import head_model
+from clay_assets.assets.head_predictions import head_predictions
+from clay_assets.resources import LabelSettings
 from clay_assets.assets.raw_scenes import raw_scenes
 from clay_assets.definitions import ALL_ASSETS
 from clay_assets.partitions import make_key
 from clay_assets.resources import ClayModel
 from clay_core.chips import open_cube
 from clay_core.errors import CheckpointError
-from clay_core.heads.training import load_head
+from clay_core.heads import encoder_identity, load_head
 from clay_core.sources.synthetic import CLASS_NAMES
 from tests.support.pipeline import CHIP, TILES, small_resources
 
 # Weeks 1, 4 and 5: the clearings (class "cleared") appear in weeks 4 and 5.
 WINDOWS = ["2024-01-08", "2024-01-29", "2024-02-05"]
-ASSETS = [*ALL_ASSETS, *FINETUNE_ASSETS]
+ASSETS = [*ALL_ASSETS, head_model, head_predictions]
 TRAIN = {"head": "segmentation", "epochs": 12, "val_tiles": ["32UNB"], "batch_size": 8}
 
 
@@ -42,7 +44,7 @@ def run(tmp_path_factory, pg_url):
     old = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(base / "dagster")
     instance = DagsterInstance.get()
-    resources = {**small_resources(base / "clay", pg_url), **FINETUNE_RESOURCES}
+    resources = {**small_resources(base / "clay", pg_url), "labels": LabelSettings()}
     assert isinstance(resources["labels"], LabelSettings) and resources["labels"].kind == "synthetic"
     with psycopg.connect(pg_url) as conn:  # a clean table (the session's database is shared)
         conn.execute("DROP TABLE IF EXISTS clay.class_areas")
@@ -176,8 +178,7 @@ def test_head_from_another_encoder_is_refused_by_predictions(run):
     assert "CheckpointError" in msg or "trained on encoder" in msg
     assert "'tiny:random-seed0'" in msg and "'small:random-seed0'" in msg
     with pytest.raises(CheckpointError):
-        from clay_core.heads.training import encoder_identity
-        from clay_core.encoder.model import build_encoder
+        from clay_core.encoder import build_encoder
 
         enc = build_encoder("small")
         load_head(_layout(run).root / "heads" / "head_model" / "head.pt",

@@ -6,6 +6,8 @@ import json
 
 import pytest
 from dagster import AssetKey, build_sensor_context, materialize
+# Dagster has no public Python API for an asset partition's stale status (the UI reads it over
+# GraphQL); these two private imports are the documented exception.
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 

@@ -19,8 +19,8 @@ import xarray as xr
 from pyproj import Transformer
 
 from clay_core.chips import open_cube
-from clay_core.sources.cube import nrt_cube_path
-from clay_core.storage.layout import Layout
+from clay_core.sources import nrt_cube_path
+from clay_core.storage import Layout
 
 ROOT = Path(__file__).resolve().parents[2]
 CHIP = 32

@@ -12,7 +12,7 @@ from dagster import DagsterInstance
 from clay_assets.resources import ClayHome
 from clay_assets.runner import materialize_graph
 from clay_core.chips import open_cube
-from clay_core.storage.layout import read_manifest
+from clay_core.storage import read_manifest
 from tests.support.pipeline import small_resources, small_source
 from tests.support.servers import moto_s3
 

@@ -11,9 +11,9 @@ import pytest
 from clay_core.encoder.inputs import encode_latlon, encode_time, normalize, waves_for
 from clay_core.errors import ConfigError, UnknownPlatformError
 from clay_core.platforms import (
-    ENV_PLATFORMS_FILE,
     Band,
     Platform,
+    configure_platforms,
     get_platform,
     known_platforms,
     load_platforms,
@@ -49,10 +49,11 @@ platforms:
 
 
 @pytest.fixture(autouse=True)
-def _clean_registry(monkeypatch):
-    monkeypatch.delenv(ENV_PLATFORMS_FILE, raising=False)
+def _clean_registry():
+    configure_platforms(None)
     reset_platforms()
     yield
+    configure_platforms(None)
     reset_platforms()
 
 
@@ -121,12 +122,18 @@ def test_user_yaml_adds_and_overrides_platforms(tmp_path):
     np.testing.assert_allclose(norm[0, :, 0, 0], [1.0, 0.13333334, 0.4375])
 
 
-def test_env_var_platform_file(tmp_path, monkeypatch):
+def test_configured_platform_file(tmp_path):
+    # the app passes CLAY_PLATFORMS_FILE here (clay_assets.config); clay_core reads no env var
     path = tmp_path / "env.yaml"
     path.write_text(USER_YAML)
-    monkeypatch.setenv(ENV_PLATFORMS_FILE, str(path))
+    configure_platforms(path)
     assert get_platform("worldview-3").band_names == ["blue", "green", "red"]
     assert "sentinel-2-l2a" in known_platforms()
+    configure_platforms(None)
+    with pytest.raises(UnknownPlatformError):
+        get_platform("worldview-3")
+    with pytest.raises(ConfigError, match="not found"):
+        configure_platforms(tmp_path / "nope.yaml")
 
 
 @pytest.mark.parametrize(

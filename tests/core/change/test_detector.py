@@ -9,150 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clay_core.change.detector import (
-    ChangeEvent,
-    ChangeParams,
-    ChangeState,
-    HarmonicFit,
-    ObservationScore,
-    cosine_distance,
-    detect_changes,
-    distances_to_baseline,
-    distances_to_previous,
-    fit_harmonic,
-    harmonic_design,
-    run_series,
-    score_series,
-    to_datetime,
-    to_decimal_years,
-    update,
-)
-
-SIGMA = 0.02  # noise sd of the synthetic series
-START = datetime(2020, 1, 3)
-
-
-def make_dates(n_years=3.0, step=7, jitter=2, drop=0.1, seed=0, gap=None, start=START):
-    """~weekly irregular dates: jittered, ~10% randomly missing, optional [gap) in years."""
-    rng = np.random.default_rng(seed)
-    days = np.arange(0, n_years * 365.25, step, dtype=float)
-    days = days + rng.integers(-jitter, jitter + 1, size=days.size)
-    days = days[rng.random(days.size) >= drop]
-    if gap is not None:
-        g0, g1 = gap
-        days = days[(days < g0 * 365.25) | (days >= g1 * 365.25)]
-    days = np.unique(days)
-    return [start + timedelta(days=float(d)) for d in days]
-
-
-def seasonal(dates, n_features=1, seed=1, sigma=SIGMA):
-    """Annual sinusoid (different level/amplitude/phase per feature) + Gaussian noise."""
-    rng = np.random.default_rng(seed)
-    t = to_decimal_years(dates)
-    level = np.linspace(1.0, -0.5, n_features)
-    amp = np.linspace(0.5, 0.2, n_features)
-    phase = np.linspace(0.0, 2.0, n_features)
-    y = level + amp * np.sin(2 * np.pi * t[:, None] + phase) + rng.normal(0, sigma, (len(t), n_features))
-    return y[:, 0] if n_features == 1 else y
-
-
-def first_index_after(dates, years):
-    t = to_decimal_years(dates)
-    return int(np.argmax(t >= t[0] + years))
-
-
-# --------------------------------------------------------------------------------------
-# harmonic fit
-
-
-def test_harmonic_design_columns():
-    t = np.array([2020.0, 2020.25, 2020.5])
-    X = harmonic_design(t, n_harmonics=2, trend=True, t0=2020.25)
-    assert X.shape == (3, 6)
-    np.testing.assert_allclose(X[:, 0], 1.0)
-    np.testing.assert_allclose(X[:, 1], [-0.25, 0.0, 0.25])
-    np.testing.assert_allclose(X[:, 2], np.cos(2 * np.pi * t), atol=1e-9)
-    np.testing.assert_allclose(X[:, 3], np.sin(2 * np.pi * t), atol=1e-9)
-    np.testing.assert_allclose(X[:, 4], np.cos(4 * np.pi * t), atol=1e-9)
-    np.testing.assert_allclose(X[:, 5], np.sin(4 * np.pi * t), atol=1e-9)
-    assert harmonic_design(t, 0, False).shape == (3, 1)
-
-
-def _truth(t):
-    return 2.0 + 0.5 * np.cos(2 * np.pi * t) - 0.3 * np.sin(2 * np.pi * t)
-
-
-def test_fit_harmonic_recovers_coefficients_on_clean_data():
-    t = to_decimal_years(make_dates(n_years=2, seed=3))
-    fit = fit_harmonic(t, _truth(t), n_harmonics=1, ridge=0.0)
-    assert isinstance(fit, HarmonicFit)
-    np.testing.assert_allclose(fit.coef[:, 0], [2.0, 0.5, -0.3], atol=1e-8)
-    assert fit.n_obs == len(t) and fit.n_harmonics_used == 1 and not fit.trend
-    assert fit.rmse.shape == (1,) and fit.rmse[0] == pytest.approx(1e-6)  # floor on clean data
-    # default ridge shrinks by ~2 * ridge only
-    fit_r = fit_harmonic(t, _truth(t))
-    np.testing.assert_allclose(fit_r.coef[:, 0], [2.0, 0.5, -0.3], atol=5e-3)
-    # univariate in -> univariate out; [T, F] -> [T, F]
-    assert fit.predict(t[:4]).shape == (4,)
-    Y = np.stack([_truth(t), -_truth(t)], axis=1)
-    fit2 = fit_harmonic(t, Y, ridge=0.0)
-    np.testing.assert_allclose(fit2.coef[:, 1], [-2.0, -0.5, 0.3], atol=1e-8)
-    assert fit2.predict(t[:4]).shape == (4, 2)
-
-
-def test_fit_harmonic_with_trend_and_two_harmonics():
-    t = to_decimal_years(make_dates(n_years=3, seed=4))
-    y = 1.0 + 0.2 * (t - t.mean()) + 0.4 * np.cos(2 * np.pi * t) + 0.1 * np.sin(4 * np.pi * t)
-    fit = fit_harmonic(t, y, n_harmonics=2, trend=True, ridge=0.0)
-    np.testing.assert_allclose(fit.coef[:, 0], [1.0, 0.2, 0.4, 0.0, 0.0, 0.1], atol=1e-8)
-    np.testing.assert_allclose(fit.predict(t), y, atol=1e-8)
-
-
-def test_fit_harmonic_resists_ten_percent_gross_outliers():
-    rng = np.random.default_rng(7)
-    t = to_decimal_years(make_dates(n_years=3, seed=5))
-    y = _truth(t) + rng.normal(0, 0.05, t.size)
-    bad = rng.choice(t.size, size=t.size // 10, replace=False)
-    y_bad = y.copy()
-    y_bad[bad] += rng.uniform(3.0, 6.0, bad.size)  # one-sided, like clouds
-    robust = fit_harmonic(t, y_bad)
-    clean = fit_harmonic(t, y)
-    ols = fit_harmonic(t, y_bad, robust=False)
-    np.testing.assert_allclose(robust.coef[:, 0], [2.0, 0.5, -0.3], atol=0.03)
-    np.testing.assert_allclose(robust.coef, clean.coef, atol=0.03)
-    assert robust.rmse[0] == pytest.approx(0.05, rel=0.3)
-    # the non-robust fit is dragged (shows the test can fail)
-    assert abs(ols.coef[0, 0] - 2.0) > 0.2
-    assert ols.rmse[0] > 0.5
-
-
-def test_fit_harmonic_degrades_gracefully():
-    t = to_decimal_years(make_dates(n_years=1, seed=6))
-    y = _truth(t)
-    f = fit_harmonic(t[:9], y[:9], n_harmonics=1)  # 9 >= 3 * 3 coefficients
-    assert (f.n_harmonics_used, f.trend) == (1, False)
-    f = fit_harmonic(t[:8], y[:8], n_harmonics=2, trend=True)  # 8 < 9 -> trend only
-    assert (f.n_harmonics_used, f.trend) == (0, True)
-    f = fit_harmonic(t[:5], y[:5], n_harmonics=2, trend=True)  # 5 < 6 -> constant
-    assert (f.n_harmonics_used, f.trend) == (0, False)
-    assert f.coef.shape == (1, 1)
-    f = fit_harmonic(t[:1], y[:1], n_harmonics=1)
-    assert f.n_obs == 1 and f.coef[0, 0] == pytest.approx(y[0]) and f.rmse[0] == pytest.approx(1e-6)
-    # non-finite rows are dropped
-    y_nan = y.copy()
-    y_nan[:3] = np.nan
-    assert fit_harmonic(t, y_nan).n_obs == t.size - 3
-    with pytest.raises(ValueError):
-        fit_harmonic(t[:0], y[:0])
-
-
-def test_harmonic_fit_round_trips_through_json():
-    t = to_decimal_years(make_dates(n_years=1.5, seed=8))
-    fit = fit_harmonic(t, np.stack([_truth(t), _truth(t) ** 2], 1), trend=True)
-    back = HarmonicFit.from_dict(json.loads(json.dumps(fit.to_dict())))
-    np.testing.assert_array_equal(back.coef, fit.coef)
-    np.testing.assert_array_equal(back.rmse, fit.rmse)
-    np.testing.assert_array_equal(back.predict(t), fit.predict(t))
+from clay_core.change.detector import detect_changes, run_series, score_series, update
+from clay_core.change.params import DetectorParams
+from clay_core.change.state import ChangeEvent, ChangeState, ObservationScore
+from clay_core.change.timeutil import to_datetime, to_decimal_years
+from tests.core.change.series import SIGMA, START, first_index_after, make_dates, seasonal
 
 
 # --------------------------------------------------------------------------------------
@@ -349,13 +210,13 @@ def test_params_validation():
     with pytest.raises(TypeError, match="unknown"):
         detect_changes(make_dates(n_years=1), np.zeros(len(make_dates(n_years=1))), treshold=3)
     with pytest.raises(ValueError):
-        ChangeParams(k_consecutive=0)
+        DetectorParams(k_consecutive=0)
     with pytest.raises(ValueError):
-        ChangeParams(baseline_obs=2)
-    assert ChangeParams().effective_baseline_years == 1.0
-    assert ChangeParams(n_harmonics=0).effective_baseline_years == 0.0
-    p = ChangeParams(baseline_end=date(2021, 1, 1), feature_names=["a", "b"])
-    assert ChangeParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+        DetectorParams(baseline_obs=2)
+    assert DetectorParams().effective_baseline_years == 1.0
+    assert DetectorParams(n_harmonics=0).effective_baseline_years == 0.0
+    p = DetectorParams(baseline_end=date(2021, 1, 1), feature_names=["a", "b"])
+    assert DetectorParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p
     state, _, _ = update(None, START, [1.0, 2.0], threshold=3.0)
     with pytest.raises(ValueError, match="params differ"):
         update(state, START + timedelta(days=7), [1.0, 2.0], threshold=5.0)
@@ -423,7 +284,7 @@ def test_batch_can_continue_from_a_saved_state():
 
 
 # --------------------------------------------------------------------------------------
-# score_series and distances
+# score_series
 
 
 def test_score_series_columns_and_flags():
@@ -449,28 +310,6 @@ def test_score_series_columns_and_flags():
     df1 = score_series(dates, y[:, 0])
     m1 = df1[df1["score"].notna()]
     np.testing.assert_allclose(m1["abs_deviation"], m1["residual_norm"])
-
-
-def test_cosine_distance_helpers():
-    assert cosine_distance([1, 0], [0, 1]) == pytest.approx(1.0)
-    assert cosine_distance([1, 0], [2, 0]) == pytest.approx(0.0)
-    assert cosine_distance([1, 0], [-1, 0]) == pytest.approx(2.0)
-    assert np.isnan(cosine_distance([0, 0], [1, 0]))
-    np.testing.assert_allclose(cosine_distance(np.eye(3), [1, 0, 0]), [0, 1, 1])
-
-    V = np.array([[1, 0], [2, 0], [0, 1], [5, 5], [0, 3]], dtype=float)
-    clear = np.array([True, True, True, False, True])
-    prev = distances_to_previous(V, clear)
-    assert np.isnan(prev[0]) and np.isnan(prev[3])
-    np.testing.assert_allclose(prev[[1, 2, 4]], [0.0, 1.0, 0.0], atol=1e-12)  # row 4 vs row 2
-    base = distances_to_baseline(V, [True, True, False, False, False], clear)
-    np.testing.assert_allclose(base[[0, 1, 2, 4]], [0.0, 0.0, 1.0, 1.0], atol=1e-12)
-    assert np.isnan(base[3])
-    assert np.isnan(distances_to_baseline(V, np.zeros(5, bool))).all()
-
-
-# --------------------------------------------------------------------------------------
-# run consistency check (unflagged outliers: undetected clouds, haze)
 
 
 def _step3(dates, s, seed):
@@ -540,4 +379,4 @@ def test_consistency_check_univariate_uses_the_sign():
     y[s - 1] -= 0.8  # now same sign (-0.4): it is the onset
     assert detect_changes(dates, y)[0].first_index == s - 1
     with pytest.raises(ValueError):
-        ChangeParams(min_run_cosine=1.5)
+        DetectorParams(min_run_cosine=1.5)

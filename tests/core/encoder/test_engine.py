@@ -13,10 +13,19 @@ import pytest
 import torch
 import xarray as xr
 
-from clay_core.encoder.engine import EmbeddingResult, embed_chips, resolve_device
-from clay_core.encoder.inputs import encode_latlon, encode_time, normalize, waves_for
+from clay_core.encoder import (
+    EmbeddingResult,
+    build_encoder,
+    embed_chips,
+    encode_latlon,
+    encode_time,
+    load_encoder,
+    model_inputs,
+    normalize,
+    resolve_device,
+    waves_for,
+)
 from clay_core.errors import ConfigError
-from clay_core.encoder.model import build_encoder, load_encoder
 from clay_core.platforms import get_platform
 
 PARITY = Path(__file__).resolve().parents[2] / "data" / "clay_parity"
@@ -230,13 +239,11 @@ def test_multi_gpu_fan_out_logic_on_threads(chips, meta):
     encoder = build_encoder("tiny", seed=3)
     client = ThreadClient()
     calls: list[tuple[int, int]] = []
-    times = encode_time(meta["datetimes"])
-    latlon = encode_latlon(meta["lat"], meta["lon"])
+    inputs = model_inputs(chips, platform=S2, bands=BANDS, **meta)
 
     def fan_out(progress=None):
         return multigpu.fan_out(
-            client, concurrent.futures.wait, encoder, chips, platform=get_platform(S2), bands=BANDS,
-            times=times, latlon=latlon, batch_size=1, patch_tokens=True, progress=progress,
+            client, concurrent.futures.wait, encoder, inputs, batch_size=1, patch_tokens=True, progress=progress,
             n_workers=1, worker_device="cpu",
         )  # fmt: skip
 

@@ -13,19 +13,22 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from clay_core.encoder.inputs import encode_latlon, encode_time, normalize, waves_for
-from clay_core.errors import CheckpointError, ConfigError
-from clay_core.encoder.model import (
+from clay_core.encoder import (
     PRESETS,
     ClayEncoder,
     build_encoder,
     count_parameters,
+    encode_latlon,
+    encode_time,
     file_sha256,
     forward_flops,
     load_encoder,
     model_id,
+    normalize,
     resolve_config,
+    waves_for,
 )
+from clay_core.errors import CheckpointError, ConfigError
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 PARITY = DATA / "clay_parity"

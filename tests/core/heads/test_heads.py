@@ -12,14 +12,27 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, jaccard_score
 
 from clay_core.errors import CheckpointError, ConfigError
-from clay_core.heads.training import (
+from clay_core.encoder import build_encoder, model_id
+from clay_core.heads import (
+    IGNORE,
+    ClassificationHead,
     ClassMetrics,
     FeatureCache,
+    FrozenEncoderWithHead,
+    HeadSpec,
+    RasterLabels,
+    RegressionHead,
+    SegmentationHead,
+    SyntheticLabels,
+    TableLabels,
     TrainConfig,
+    build_head,
+    chip_inputs,
     class_weights_from_counts,
     encode_tokens,
     encoder_identity,
     load_head,
+    majority_class,
     make_targets,
     predict,
     preview_image,
@@ -28,19 +41,9 @@ from clay_core.heads.training import (
     split_by_tile,
     train_head,
 )
-from clay_core.heads.modules import (
-    ClassificationHead,
-    FrozenEncoderWithHead,
-    HeadSpec,
-    RegressionHead,
-    SegmentationHead,
-    build_head,
-)
-from clay_core.heads.labels import IGNORE, RasterLabels, SyntheticLabels, TableLabels, majority_class
-from clay_core.encoder.model import build_encoder, model_id
 from clay_core.sources.synthetic import CLASS_NAMES, SyntheticSceneSource, SyntheticWorld
 
-TILES = ("31UFU", "32UNB", "31TCJ")  # the CLI defaults (python -m clay_core.heads.training)
+TILES = ("31UFU", "32UNB", "31TCJ")  # the CLI defaults (python -m clay_core.heads.cli)
 VAL = ["31TCJ"]
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -60,8 +63,8 @@ def encoder():
 def _small(world, n_weeks=(1, 4)):
     """A few chips of two tiles (fast): weeks n_weeks[0]..n_weeks[1]."""
     source, chips, labels = world
-    days = pd.to_datetime(chips.refs["datetime"], utc=True)
-    sel = np.flatnonzero(chips.refs["tile"].isin(["31UFU", "31TCJ"]).to_numpy()
+    days = pd.to_datetime(chips.meta["datetime"], utc=True)
+    sel = np.flatnonzero(chips.meta["tile"].isin(["31UFU", "31TCJ"]).to_numpy()
                          & (days >= START + timedelta(weeks=n_weeks[0])).to_numpy()
                          & (days < START + timedelta(weeks=n_weeks[1])).to_numpy())
     return chips.subset(sel[::2])
@@ -131,7 +134,7 @@ def test_frozen_encoder_gets_no_gradients(encoder):
 def test_feature_cache_equals_uncached(world, encoder):
     _, _, labels = world
     chips = _small(world, (1, 3))
-    inputs = chips.model_inputs()
+    inputs = chip_inputs(chips)
     cache = FeatureCache(encoder, inputs, batch_size=16)
     # the same tokens whatever the batching
     perm = np.random.default_rng(0).permutation(len(chips))[:10]
@@ -226,17 +229,17 @@ def test_split_by_tile_is_spatial():
 
 def test_synthetic_labels_match_the_world(world):
     source, chips, labels = world
-    y = labels.pixel_labels(chips.refs, 64)
+    y = labels.pixel_labels(chips.meta, 64)
     assert y.shape == (len(chips), 64, 64) and y.dtype == np.uint8
     i = len(chips) - 1
-    r = chips.refs.iloc[i]
+    r = chips.meta.iloc[i]
     lc = source.labels(r["tile"], pd.Timestamp(r["datetime"]).to_pydatetime())
     np.testing.assert_array_equal(y[i], lc[r["row"] * 64 : (r["row"] + 1) * 64, r["col"] * 64 : (r["col"] + 1) * 64])
     # clearings appear on the date they are drawn
     assert (y == CLASS_NAMES.index("cleared")).any()
-    cls = labels.chip_classes(chips.refs, 64)
+    cls = labels.chip_classes(chips.meta, 64)
     np.testing.assert_array_equal(cls, majority_class(y, 5))
-    ndvi = labels.pixel_values(chips.refs.iloc[:2], 64)
+    ndvi = labels.pixel_values(chips.meta.iloc[:2], 64)
     assert ndvi.dtype == np.float32 and np.isfinite(ndvi).all() and (np.abs(ndvi) <= 1).all()
 
 
@@ -247,9 +250,9 @@ def test_raster_labels_read_chip_windows(world, tmp_path):
     source, chips, labels = world
     tile = "32UNB"
     grid = source.grid(tile)
-    sub = chips.subset(np.flatnonzero(chips.refs["tile"].to_numpy() == tile)[:20])
+    sub = chips.subset(np.flatnonzero(chips.meta["tile"].to_numpy() == tile)[:20])
     lc = source.world.landcover(tile)  # static map: compare on dates before any clearing
-    sub = sub.subset(np.flatnonzero(pd.to_datetime(sub.refs["datetime"], utc=True) < START + timedelta(weeks=4)))
+    sub = sub.subset(np.flatnonzero(pd.to_datetime(sub.meta["datetime"], utc=True) < START + timedelta(weeks=4)))
     assert len(sub) >= 8
     # a raster larger than the chip grid, offset by 3 px up/left, nodata border: windows come from bounds
     pad = 3
@@ -263,26 +266,26 @@ def test_raster_labels_read_chip_windows(world, tmp_path):
                        blockxsize=64, blockysize=64) as dst:
         dst.write(big, 1)
     raster = RasterLabels(path, CLASS_NAMES)
-    np.testing.assert_array_equal(raster.pixel_labels(sub.refs, 64), labels.pixel_labels(sub.refs, 64))
-    np.testing.assert_array_equal(raster.chip_classes(sub.refs, 64), labels.chip_classes(sub.refs, 64))
+    np.testing.assert_array_equal(raster.pixel_labels(sub.meta, 64), labels.pixel_labels(sub.meta, 64))
+    np.testing.assert_array_equal(raster.chip_classes(sub.meta, 64), labels.chip_classes(sub.meta, 64))
     # a chip of column 0 moved 10 px west: 7 px outside the raster + 3 px of its nodata border -> IGNORE
-    edge = sub.refs[sub.refs["col"] == 0].iloc[:1].copy()
+    edge = sub.meta[sub.meta["col"] == 0].iloc[:1].copy()
     edge[["x_min", "x_max"]] -= 10 * t.a
     got = raster.pixel_labels(edge, 64)[0]
     assert (got[:, :10] == IGNORE).all() and (got[:, 10:] != IGNORE).all()
     r0 = int(edge["row"].iloc[0]) * 64
     np.testing.assert_array_equal(got[:, 10:], lc[r0 : r0 + 64, :54])
     with pytest.raises(ConfigError, match="not found"):
-        RasterLabels(tmp_path / "missing_{tile}.tif", CLASS_NAMES).pixel_labels(sub.refs, 64)
+        RasterLabels(tmp_path / "missing_{tile}.tif", CLASS_NAMES).pixel_labels(sub.meta, 64)
     with pytest.raises(ConfigError, match="reproject"):
-        wrong = sub.refs.iloc[:1].assign(crs="EPSG:4326")
+        wrong = sub.meta.iloc[:1].assign(crs="EPSG:4326")
         raster.pixel_labels(wrong, 64)
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
 def test_table_labels(world, tmp_path, suffix):
     _, chips, labels = world
-    refs = chips.refs.iloc[:12]
+    refs = chips.meta.iloc[:12]
     truth = labels.chip_classes(refs, 64)
     table = pd.DataFrame({"chip_id": refs["chip_id"], "class": [CLASS_NAMES[c] for c in truth],
                           "acquired": pd.to_datetime(refs["datetime"], utc=True).dt.date.astype(str)})
@@ -360,11 +363,11 @@ def test_head_from_another_encoder_is_refused(world, encoder, tmp_path):
 @pytest.fixture(scope="module")
 def features(world, encoder):
     """The encoder run once over all chips, shared by the two heads below."""
-    return FeatureCache(encoder, world[1].model_inputs())
+    return FeatureCache(encoder, chip_inputs(world[1]))
 
 
 def test_segmentation_training_beats_untrained_and_reaches_miou(world, encoder, features):
-    """Default TrainConfig (12 epochs): same data and numbers as `python -m clay_core.heads.training`."""
+    """Default TrainConfig (12 epochs): same data and numbers as `python -m clay_core.heads.cli`."""
     _, chips, labels = world
     res = train_head(encoder, chips, make_targets("segmentation", labels, chips), labels.class_names,
                      TrainConfig(val_tiles=VAL), log=print, features=features)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tests.support.servers import write_cog  # noqa: E402
 from clay_core.errors import ConfigError, SceneError, UnknownTileError  # noqa: E402
 from clay_core.sources.base import SceneSource  # noqa: E402
 from clay_core.sources.local import LocalRasterSource, parse_date, pattern_regex  # noqa: E402
-from clay_core.sources.rio import landsat_qa_to_scl  # noqa: E402
+from clay_core.sources.qa import landsat_qa_to_scl  # noqa: E402
 
 CRS = "EPSG:32631"
 X0, Y0 = 600000.0, 5700000.0
@@ -111,7 +110,7 @@ def test_load_scene_values_resampling_and_qa(tile_dir):
 @pytest.mark.parametrize("workers", [1, 3])
 def test_strip_reads_are_seamless(tile_dir, tmp_path, monkeypatch, workers):
     """Many small strips (and threads) give exactly the one-read result, 20 m bilinear too."""
-    import clay_core.sources.rio as rio
+    import clay_core.sources.grid_read as grid_read
 
     _, truth = tile_dir
     t = truth["20230105"]
@@ -121,9 +120,9 @@ def test_strip_reads_are_seamless(tile_dir, tmp_path, monkeypatch, workers):
     ref = LocalRasterSource(str(tmp_path)).list_scenes("31UFU", datetime(2023, 1, 1), datetime(2024, 1, 1))[0]
     one = LocalRasterSource(str(tmp_path), max_workers=1).load_scene(ref, ["blue", "swir16"])  # one strip each
     calls = []
-    real = rio._read_strips
-    monkeypatch.setattr(rio, "_read_strips", lambda *a: calls.append(a) or real(*a))
-    monkeypatch.setattr(rio, "STRIP_ROWS", 48)  # 64-row strips at 10 m, 64 source rows (128 px) at 20 m
+    real = grid_read._read_strips
+    monkeypatch.setattr(grid_read, "_read_strips", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(grid_read, "STRIP_ROWS", 48)  # 64-row strips at 10 m, 64 source rows (128 px) at 20 m
     many = LocalRasterSource(str(tmp_path), max_workers=workers).load_scene(ref, ["blue", "swir16"])
     np.testing.assert_array_equal(many.data[0], t["blue"])
     np.testing.assert_array_equal(many.data, one.data)  # bilinear seams: neighbours across strips used
@@ -278,7 +277,7 @@ def test_rasterio_reads_what_was_written(tile_dir):
 
 
 def test_synthetic_qa_marks_pixels_empty_in_every_band():
-    from clay_core.sources.rio import synthetic_qa
+    from clay_core.sources.qa import synthetic_qa
 
     data = np.ones((2, 600, 3), np.uint16)
     data[:, 0] = 0

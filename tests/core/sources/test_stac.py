@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,8 @@ from tests.support.servers import StacApi, free_port, http_server, moto_s3, stac
 
 from clay_core.errors import ConfigError, SceneError, UnknownTileError  # noqa: E402
 from clay_core.sources.base import SceneSource  # noqa: E402
-from clay_core.sources.rio import gdal_env_options, redact  # noqa: E402
+from clay_core.sources.gdal import gdal_env_options  # noqa: E402
+from clay_core.sources.urls import redact  # noqa: E402
 from clay_core.sources.stac import StacSource, item_tile, landsat_qa_to_scl  # noqa: E402
 from clay_core.types import SceneRef  # noqa: E402
 

@@ -23,6 +23,7 @@ import pytest
 
 from clay_core import vectordb as cdb
 from clay_core.vectordb import VectorStore, embedded_flavour, embedded_psql, start_embedded, stop_embedded
+from clay_core.vectordb.migrations import version_tuple
 from clay_core.errors import ConfigError, DatabaseError
 
 from tests.support.vectors import assert_same_result, exact_search
@@ -41,7 +42,7 @@ N_CHIPS = 100  # per tile and day: 4 tiles x 10 days x 100 = 4000 rows
 
 
 def _version(v: str) -> tuple[int, ...]:
-    return cdb._version_tuple(v)
+    return version_tuple(v)
 
 
 def _new_db(server_url: str) -> str:
@@ -488,12 +489,11 @@ def test_halfvec_on_pgvector06_is_a_clear_error(pg_url):
 
 
 def test_flavour_choice_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLAY_EMBEDDED_PG", "postgres18")
+    # the value of CLAY_EMBEDDED_PG, passed in by the caller (clay_core reads no variable)
     with pytest.raises(ConfigError, match="CLAY_EMBEDDED_PG.*valid values: pgserver, pixeltable"):
-        start_embedded(tmp_path / "pg")
+        start_embedded(tmp_path / "pg", flavour="postgres18", flavour_source="CLAY_EMBEDDED_PG")
     with pytest.raises(ConfigError, match="valid values: pgserver, pixeltable"):
-        embedded_psql()
-    monkeypatch.delenv("CLAY_EMBEDDED_PG")
+        embedded_psql("postgres18", flavour_source="CLAY_EMBEDDED_PG")
     with pytest.raises(ConfigError, match="flavour='nope'.*valid values"):
         start_embedded(tmp_path / "pg", flavour="nope")
     assert not (tmp_path / "pg").exists()
@@ -504,8 +504,7 @@ def test_flavour_choice_errors(tmp_path, monkeypatch):
     assert not (tmp_path / "pg" / "PG_VERSION").exists()
 
 
-def test_embedded_psql_per_flavour(monkeypatch):
-    monkeypatch.delenv("CLAY_EMBEDDED_PG", raising=False)
+def test_embedded_psql_per_flavour():
     out = {}
     for flavour in ("pgserver", "pixeltable"):
         psql = embedded_psql(flavour)
@@ -513,15 +512,14 @@ def test_embedded_psql_per_flavour(monkeypatch):
         out[flavour] = subprocess.run([str(psql), "--version"], capture_output=True, text=True,
                                       check=True).stdout
     assert "16.2" in out["pgserver"] and "16.14" in out["pixeltable"]
-    monkeypatch.setenv("CLAY_EMBEDDED_PG", "pixeltable")
-    assert embedded_psql() == embedded_psql("pixeltable")
+    assert embedded_psql("pixeltable", flavour_source="CLAY_EMBEDDED_PG") == embedded_psql("pixeltable")
+    assert embedded_psql() == embedded_psql("pgserver")  # none asked, no data directory
 
 
-def test_pgserver_cluster_upgrades_to_pixeltable_and_keeps_that_flavour(monkeypatch):
+def test_pgserver_cluster_upgrades_to_pixeltable_and_keeps_that_flavour():
     """pgserver (pgvector 0.6.2) cluster -> restarted with pixeltable: ensure_schema updates the
     extension, rows are kept, halfvec becomes possible; later starts without a flavour stay on
     pixeltable, and going back to pgserver is refused."""
-    monkeypatch.delenv("CLAY_EMBEDDED_PG", raising=False)
     base = Path(tempfile.mkdtemp(prefix="clay-test-pgup-"))
     base.chmod(0o755)
     pgdata = base / "pg"
@@ -567,10 +565,8 @@ def test_pgserver_cluster_upgrades_to_pixeltable_and_keeps_that_flavour(monkeypa
         assert stop_embedded(pgdata)
         with pytest.raises(ConfigError, match="pgvector 0.6.2"):
             start_embedded(pgdata, flavour="pgserver")
-        monkeypatch.setenv("CLAY_EMBEDDED_PG", "pgserver")
         with pytest.raises(ConfigError, match="CLAY_EMBEDDED_PG=pgserver"):
-            start_embedded(pgdata)
-        monkeypatch.delenv("CLAY_EMBEDDED_PG")
+            start_embedded(pgdata, flavour="pgserver", flavour_source="CLAY_EMBEDDED_PG")
         assert not stop_embedded(pgdata)  # refused starts started nothing
     finally:
         stop_embedded(pgdata)

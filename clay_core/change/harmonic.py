@@ -1,0 +1,270 @@
+"""Harmonic (seasonal) regression: the design matrix and a robust per-feature fit.
+
+The model is ``y(t) = a0 [+ a1 (t - t0)] + sum_k b_k cos(2 pi k t) + c_k sin(2 pi k t)`` with
+``t`` in decimal years (see :mod:`clay_core.change.timeutil`). The fit is robust (iteratively
+reweighted least squares: Huber, then Tukey bisquare weights), so a few undetected clouds or
+glitches do not drag it, and every reduction is an explicit elementwise sum so identical
+inputs give bit-identical coefficients however the arrays were made (batch or JSON state).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["HarmonicFit", "design_times_coef", "fit_harmonic", "harmonic_design"]
+
+_MAD_TO_SD = 1.4826  # median |N(0, 1)| -> sd
+_HUBER_C = 1.345
+_BISQUARE_C = 4.685
+_N_HUBER = 5  # Huber iterations before switching to the bisquare
+
+
+def harmonic_design(
+    t_years: np.ndarray, n_harmonics: int = 1, trend: bool = False, t0: float = 0.0
+) -> np.ndarray:
+    """Design matrix of the harmonic model, shape ``[T, 1 + trend + 2 * n_harmonics]``.
+
+    Columns: ``1``, then ``t - t0`` if ``trend``, then ``cos(2 pi k t), sin(2 pi k t)`` for
+    ``k = 1..n_harmonics`` (interleaved per k). ``t_years`` are decimal years; ``t0`` only
+    shifts the trend column (centring it keeps the fit well conditioned), the harmonics use
+    the absolute time so their phase is tied to the calendar.
+    """
+    t = np.asarray(t_years, dtype=np.float64).reshape(-1)
+    if n_harmonics < 0:
+        raise ValueError("n_harmonics must be >= 0")
+    cols = [np.ones_like(t)]
+    if trend:
+        cols.append(t - t0)
+    for k in range(1, int(n_harmonics) + 1):
+        w = 2.0 * np.pi * k * t
+        cols.append(np.cos(w))
+        cols.append(np.sin(w))
+    return np.stack(cols, axis=1)
+
+
+def design_times_coef(X: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """``X @ coef`` as an explicit sum over the (few) columns: deterministic rounding."""
+    out = X[:, 0:1] * coef[0]
+    for j in range(1, X.shape[1]):
+        out = out + X[:, j : j + 1] * coef[j]
+    return out
+
+
+@dataclass(eq=False)
+class HarmonicFit:
+    """A fitted harmonic baseline, per feature.
+
+    Attributes:
+        coef: ``[n_coef, F]`` coefficients in :func:`harmonic_design` column order.
+        rmse: ``[F]`` robust residual scale per feature (floored at ``min_rmse``); the unit of
+            the detector's z-scores.
+        n_obs: number of (finite) observations fitted.
+        n_harmonics_used: harmonics actually used (may be fewer than requested, see
+            :func:`fit_harmonic`).
+        trend: whether a linear trend column was used.
+        t0: reference time of the trend column (mean fitted time), decimal years.
+        univariate: the fit was made on a 1-D ``y``; :meth:`predict` then returns 1-D.
+        t_min, t_max: time span of the fitted observations.
+    """
+
+    coef: np.ndarray
+    rmse: np.ndarray
+    n_obs: int
+    n_harmonics_used: int
+    trend: bool
+    t0: float
+    univariate: bool = False
+    t_min: float = float("nan")
+    t_max: float = float("nan")
+
+    @property
+    def n_features(self) -> int:
+        return int(self.coef.shape[1])
+
+    def design(self, t_years: np.ndarray) -> np.ndarray:
+        """:func:`harmonic_design` with this fit's model (harmonics, trend, ``t0``)."""
+        return harmonic_design(t_years, self.n_harmonics_used, self.trend, self.t0)
+
+    def predict(self, t_years: np.ndarray) -> np.ndarray:
+        """Model values at ``t_years``: ``[T]`` for a univariate fit, else ``[T, F]``."""
+        out = design_times_coef(self.design(t_years), self.coef)
+        return out[:, 0] if self.univariate else out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (floats round-trip exactly through ``json``)."""
+        return {
+            "coef": self.coef.tolist(),
+            "rmse": self.rmse.tolist(),
+            "n_obs": int(self.n_obs),
+            "n_harmonics_used": int(self.n_harmonics_used),
+            "trend": bool(self.trend),
+            "t0": float(self.t0),
+            "univariate": bool(self.univariate),
+            "t_min": float(self.t_min),
+            "t_max": float(self.t_max),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HarmonicFit:
+        return cls(
+            coef=np.asarray(d["coef"], dtype=np.float64).reshape(-1, len(d["rmse"])),
+            rmse=np.asarray(d["rmse"], dtype=np.float64),
+            n_obs=int(d["n_obs"]),
+            n_harmonics_used=int(d["n_harmonics_used"]),
+            trend=bool(d["trend"]),
+            t0=float(d["t0"]),
+            univariate=bool(d.get("univariate", False)),
+            t_min=float(d.get("t_min", float("nan"))),
+            t_max=float(d.get("t_max", float("nan"))),
+        )
+
+
+def _choose_model(
+    n: int, n_harmonics: int, trend: bool, min_obs_per_coef: float
+) -> tuple[int, bool]:
+    """Largest model with ``n >= min_obs_per_coef * n_coef``: fewer harmonics, then constant."""
+    for h in range(int(n_harmonics), -1, -1):
+        if n >= min_obs_per_coef * (1 + int(trend) + 2 * h):
+            return h, bool(trend)
+    return 0, False
+
+
+def _wls(X: np.ndarray, Y: np.ndarray, W: np.ndarray, ridge: float) -> np.ndarray:
+    """Weighted ridge least squares, one weight column per feature. Returns ``[p, F]``.
+
+    The normal equations are accumulated with plain elementwise numpy reductions (no BLAS
+    matmul/einsum, whose summation order can depend on memory layout), so identical inputs
+    give bit-identical coefficients however the arrays were created (batch vs JSON state).
+    """
+    n, p = X.shape
+    F = Y.shape[1]
+    A = np.empty((F, p, p))
+    b = np.empty((F, p))
+    for i in range(p):
+        WXi = W * X[:, i : i + 1]
+        b[:, i] = np.sum(WXi * Y, axis=0)
+        for j in range(i, p):
+            A[:, i, j] = A[:, j, i] = np.sum(WXi * X[:, j : j + 1], axis=0)
+    penalty = np.eye(p)
+    penalty[0, 0] = 0.0  # never shrink the level
+    A = A + (ridge * np.sum(W, axis=0))[:, None, None] * penalty + 1e-12 * np.eye(p)
+    return np.ascontiguousarray(np.linalg.solve(A, b[..., None])[..., 0].T)
+
+
+def _robust_scale(R: np.ndarray, floor: float) -> np.ndarray:
+    return np.maximum(_MAD_TO_SD * np.median(np.abs(R), axis=0), floor)
+
+
+def _finite_rows(t_years: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(t, Y [T, F], univariate)`` with every row holding a non-finite value dropped."""
+    t = np.asarray(t_years, dtype=np.float64).reshape(-1)
+    Y = np.asarray(y, dtype=np.float64)
+    univariate = Y.ndim == 1
+    if univariate:
+        Y = Y[:, None]
+    if Y.ndim != 2 or Y.shape[0] != t.shape[0]:
+        raise ValueError(f"y must be [T] or [T, F] with T={t.shape[0]}, got {Y.shape}")
+    keep = np.isfinite(t) & np.all(np.isfinite(Y), axis=1)
+    if not np.any(keep):
+        raise ValueError("fit_harmonic needs at least one finite observation")
+    return t[keep], Y[keep], univariate
+
+
+def _irls(
+    X: np.ndarray, Y: np.ndarray, coef: np.ndarray, ridge: float, min_rmse: float,
+    max_iter: int, tol: float,
+) -> np.ndarray:
+    """Huber then Tukey-bisquare reweighting from the least-squares ``coef``, per feature."""
+    p = X.shape[1]
+    for it in range(max_iter):
+        R = Y - design_times_coef(X, coef)
+        s = _robust_scale(R, max(min_rmse, 1e-12))
+        if it < _N_HUBER:
+            W = np.minimum(1.0, _HUBER_C * s / np.maximum(np.abs(R), 1e-300))
+        else:
+            u = R / (_BISQUARE_C * s)
+            W = np.where(np.abs(u) < 1.0, (1.0 - u**2) ** 2, 0.0)
+        # a feature with (almost) all weights zero would be singular: fall back to OLS
+        bad = W.sum(axis=0) < p
+        if np.any(bad):
+            W[:, bad] = 1.0
+        new = _wls(X, Y, W, ridge)
+        delta = np.max(np.abs(new - coef))
+        coef = new
+        if it >= _N_HUBER and delta <= tol * (1.0 + np.max(np.abs(coef))):
+            break
+    return coef
+
+
+def _residual_scale(R: np.ndarray, p: int, robust: bool, min_rmse: float) -> np.ndarray:
+    """Per-feature scale of the final residuals, corrected for the fitted degrees of freedom."""
+    n = R.shape[0]
+    if robust:
+        dof = math.sqrt(n / (n - p)) if n > p else 1.0
+        scale = _MAD_TO_SD * np.median(np.abs(R), axis=0) * dof
+    else:
+        scale = np.sqrt(np.sum(R**2, axis=0) / (n - p if n > p else n))
+    return np.maximum(scale, min_rmse)
+
+
+def fit_harmonic(
+    t_years: np.ndarray,
+    y: np.ndarray,
+    n_harmonics: int = 1,
+    trend: bool = False,
+    robust: bool = True,
+    ridge: float = 1e-3,
+    *,
+    min_rmse: float = 1e-6,
+    min_obs_per_coef: float = 3.0,
+    max_iter: int = 50,
+    tol: float = 1e-10,
+) -> HarmonicFit:
+    """Fit the harmonic model of :func:`harmonic_design` to ``y``, per feature.
+
+    Args:
+        t_years: ``[T]`` decimal years (see :func:`~clay_core.change.timeutil.to_decimal_years`).
+        y: ``[T]`` or ``[T, F]``; rows with any non-finite value are dropped.
+        n_harmonics: annual harmonics requested (1 = annual cycle, 2 adds the half-year one).
+        trend: add a linear trend in ``t - t0`` (``t0`` = mean fitted time).
+        robust: iteratively reweighted least squares, per feature: a few Huber iterations from
+            the least-squares start, then Tukey bisquare (c = 4.685) until converged; weights
+            use the current robust scale 1.4826 x median |residual|. Gross outliers (clouds,
+            glitches: up to a sizeable fraction of the points) end with weight 0.
+            ``False``: ordinary (ridge) least squares and an RMSE scale.
+        ridge: ridge penalty on all but the intercept, relative to the total weight
+            (``ridge * sum(w) * ||beta[1:]||^2``); stabilizes short or gappy windows and
+            shrinks well-determined coefficients by only ~``2 * ridge``.
+        min_rmse: absolute floor of the per-feature scale (a perfectly clean baseline would
+            otherwise give infinite z-scores).
+        min_obs_per_coef: graceful degradation: if ``T < min_obs_per_coef * n_coef`` the
+            number of harmonics is reduced, then the trend dropped, down to a constant
+            (CCDC uses 3 observations per coefficient). The model used is recorded in
+            ``n_harmonics_used`` / ``trend``.
+        max_iter, tol: IRLS iteration limit and relative coefficient convergence tolerance.
+
+    Returns:
+        :class:`HarmonicFit`; ``rmse`` is the robust residual scale (``robust=True``) or the
+        RMSE (``robust=False``), both corrected by ``sqrt(n / (n - n_coef))`` for the fitted
+        degrees of freedom, floored at ``min_rmse``.
+
+    Raises:
+        ValueError: no finite observation, or mismatched shapes.
+    """
+    t, Y, univariate = _finite_rows(t_years, y)
+    n = Y.shape[0]
+    h, tr = _choose_model(n, n_harmonics, trend, min_obs_per_coef)
+    t0 = float(np.mean(t))
+    X = harmonic_design(t, h, tr, t0)
+    coef = _wls(X, Y, np.ones_like(Y), ridge)
+    if robust and n > X.shape[1]:
+        coef = _irls(X, Y, coef, ridge, min_rmse, max_iter, tol)
+    rmse = _residual_scale(Y - design_times_coef(X, coef), X.shape[1], robust, min_rmse)
+    return HarmonicFit(
+        coef=coef, rmse=rmse, n_obs=int(n), n_harmonics_used=int(h), trend=bool(tr), t0=t0,
+        univariate=univariate, t_min=float(t.min()), t_max=float(t.max()),
+    )

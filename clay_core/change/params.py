@@ -1,0 +1,194 @@
+"""The change stage's one parameter vocabulary: detector settings and per-date score settings.
+
+:class:`DetectorParams` configures the persistent-change detector
+(:mod:`clay_core.change.detector`); :class:`ChangeParams` configures the per-date scores
+(:mod:`clay_core.change.scores`) and carries the detector's settings in ``detector``, so one
+typed object goes from configuration to :func:`~clay_core.change.stage.score_change`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from clay_core.change.timeutil import decimal_year, to_datetime
+from clay_core.errors import ConfigError
+
+__all__ = ["ChangeParams", "DetectorParams", "MIN_BASELINE_OBS"]
+
+MIN_BASELINE_OBS = 3
+
+
+def _opt_datetime(d: Any) -> datetime | None:
+    return None if d is None else to_datetime(d)
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """Parameters of the change detector (all keyword arguments of ``update`` & co.).
+
+    Attributes:
+        baseline_obs: clear observations needed to fit a baseline (default 12; >= 3).
+        baseline_years: minimum time span of a baseline in years; ``None`` = 1.0 when
+            ``n_harmonics > 0`` (one seasonal cycle) else 0.0.
+        baseline_start: first baseline only: ignore observations before this date.
+        baseline_end: first baseline only: the baseline is every clear observation up to and
+            including this date (needs >= 3 of them, otherwise the count rule applies).
+        n_harmonics: annual harmonics of the baseline (default 1).
+        trend: linear trend in the baseline (default False).
+        threshold: an observation exceeds when its RMS robust z-score is above this
+            (default 4.0).
+        k_consecutive: consecutive exceeding clear observations that confirm a change
+            (default 3).
+        min_magnitude: an exceeding observation must also have a mean absolute deviation
+            (value units) of at least this (default 0 = off).
+        min_run_cosine: when a run reaches ``k_consecutive`` observations, the member whose
+            standardized residual vector has the lowest cosine to the median standardized
+            residual of the other members is removed from the run (and the run waits for
+            another exceeding observation) if that cosine is below this (default 0.5; -1
+            disables the check). Keeps unflagged outliers (clouds, haze) from starting a run
+            early or adding up to a false change.
+        robust: robust (IRLS) baseline fit (default True).
+        ridge: ridge penalty of the baseline fit (default 1e-3).
+        min_rmse: floor of the per-feature baseline scale (default 1e-6).
+        feature_names: names used in ``ChangeEvent.signals``; default ``["value"]`` for one
+            feature, else ``["f0", "f1", ...]``.
+        max_signals: at most this many feature names per event (default 10).
+    """
+
+    baseline_obs: int = 12
+    baseline_years: float | None = None
+    baseline_start: datetime | None = None
+    baseline_end: datetime | None = None
+    n_harmonics: int = 1
+    trend: bool = False
+    threshold: float = 4.0
+    k_consecutive: int = 3
+    min_magnitude: float = 0.0
+    min_run_cosine: float = 0.5
+    robust: bool = True
+    ridge: float = 1e-3
+    min_rmse: float = 1e-6
+    feature_names: tuple[str, ...] | None = None
+    max_signals: int = 10
+
+    def __post_init__(self) -> None:
+        self._normalize()
+        self._validate()
+
+    def _normalize(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("baseline_start", _opt_datetime(self.baseline_start))
+        set_("baseline_end", _opt_datetime(self.baseline_end))
+        if self.feature_names is not None:
+            set_("feature_names", tuple(str(n) for n in self.feature_names))
+        if self.baseline_years is not None:
+            set_("baseline_years", float(self.baseline_years))
+        for k in ("threshold", "min_magnitude", "min_run_cosine", "ridge", "min_rmse"):
+            set_(k, float(getattr(self, k)))
+        for k in ("baseline_obs", "n_harmonics", "k_consecutive", "max_signals"):
+            set_(k, int(getattr(self, k)))
+        set_("trend", bool(self.trend))
+        set_("robust", bool(self.robust))
+
+    def _validate(self) -> None:
+        if self.baseline_obs < MIN_BASELINE_OBS:
+            raise ValueError(f"baseline_obs must be >= {MIN_BASELINE_OBS}")
+        if self.k_consecutive < 1:
+            raise ValueError("k_consecutive must be >= 1")
+        if self.n_harmonics < 0:
+            raise ValueError("n_harmonics must be >= 0")
+        if not self.threshold > 0:
+            raise ValueError("threshold must be > 0")
+        if self.min_magnitude < 0 or self.ridge < 0 or not self.min_rmse > 0:
+            raise ValueError("min_magnitude and ridge must be >= 0, min_rmse > 0")
+        if not -1.0 <= self.min_run_cosine <= 1.0:
+            raise ValueError("min_run_cosine must be in [-1, 1]")
+        if self.baseline_years is not None and self.baseline_years < 0:
+            raise ValueError("baseline_years must be >= 0")
+        if self.max_signals < 1:
+            raise ValueError("max_signals must be >= 1")
+        if (
+            self.baseline_start is not None
+            and self.baseline_end is not None
+            and decimal_year(self.baseline_end) < decimal_year(self.baseline_start)
+        ):
+            raise ValueError("baseline_end is before baseline_start")
+
+    @property
+    def effective_baseline_years(self) -> float:
+        if self.baseline_years is not None:
+            return self.baseline_years
+        return 1.0 if self.n_harmonics > 0 else 0.0
+
+    def names_for(self, n_features: int) -> list[str]:
+        if self.feature_names is not None:
+            if len(self.feature_names) != n_features:
+                raise ValueError(
+                    f"{len(self.feature_names)} feature_names for {n_features} features"
+                )
+            return list(self.feature_names)
+        return ["value"] if n_features == 1 else [f"f{i}" for i in range(n_features)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (dates as ISO strings)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, datetime):
+                v = v.isoformat()
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectorParams:
+        return cls.from_kwargs(**d)
+
+    @classmethod
+    def from_kwargs(cls, **params: Any) -> DetectorParams:
+        """Build from keyword arguments; ``params=DetectorParams(...)`` is accepted as well."""
+        if "params" in params:
+            base = params.pop("params")
+            if not isinstance(base, DetectorParams):
+                raise TypeError("params= must be a DetectorParams")
+            params = {**{f.name: getattr(base, f.name) for f in fields(base)}, **params}
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise TypeError(f"unknown change-detection parameter(s) {unknown}; valid: {sorted(names)}")
+        return cls(**params)
+
+
+@dataclass(frozen=True)
+class ChangeParams:
+    """Settings of the change stage: per-date scores plus the persistent-change detector.
+
+    Attributes:
+        baseline_obs: first clear observations of a chip whose median embedding is its
+            baseline (default 3).
+        z_threshold: flag when the robust z-score among the tile's chips exceeds this.
+        min_distance_factor: a flagged distance must also exceed this many times the typical
+            scatter of baseline observations.
+        min_relative_scale: floor of the z-score's scale, relative to the median distance.
+        n_components: principal components used by the harmonic deviation and watched by the
+            detector.
+        n_harmonics: annual harmonics of the per-date harmonic fit.
+        detector: settings of the detector run on the first ``n_components`` components.
+    """
+
+    baseline_obs: int = 3
+    z_threshold: float = 3.5
+    min_distance_factor: float = 3.0
+    min_relative_scale: float = 0.5
+    n_components: int = 3
+    n_harmonics: int = 1
+    detector: DetectorParams = field(default_factory=DetectorParams)
+
+    def __post_init__(self) -> None:
+        if self.baseline_obs < 1:
+            raise ConfigError("baseline_obs must be >= 1")
+        if self.z_threshold <= 0:
+            raise ConfigError("z_threshold must be > 0")

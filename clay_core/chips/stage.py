@@ -1,0 +1,117 @@
+"""The ``chip_cubes`` stage: a partition's scenes cut into chips and stored as one cube.
+
+Per partition directory: ``cube.zarr`` (or a cube published on S3), a GeoParquet chip index
+with lineage hrefs, PNG thumbnails and a mosaic, and the manifest, all swapped in at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clay_core.chips.chipper import chip_source_scene
+from clay_core.chips.chipset import ChipParams, ChipSet
+from clay_core.chips.cube import to_dataset, write_cube
+from clay_core.chips.index import thumb_name, write_index
+from clay_core.render import mosaic, png_bytes, rgb_image
+from clay_core.sources.base import SceneSource
+from clay_core.sources.stage import read_partition_scenes
+from clay_core.storage import CHIPS, Layout, atomic_dir, write_manifest
+from clay_core.types import PartitionId
+
+__all__ = ["ChipCubeResult", "make_chip_cube"]
+
+
+@dataclass(frozen=True)
+class ChipCubeResult:
+    """What :func:`make_chip_cube` wrote for one partition."""
+
+    pid: PartitionId
+    directory: Path  # the partition directory
+    cube_uri: str | None  # None when no chip was kept
+    chips: int
+    chip_size: int
+    bands: list[str]
+    scene_ids: list[str]  # the scenes read, in manifest order
+    dropped: dict[str, int]  # chips the filters removed, by reason
+    cloud_fraction: np.ndarray  # [chips] of the kept chips
+    nodata_fraction: np.ndarray  # [chips]
+    thumbnails: list[np.ndarray]  # uint8 RGB [h, w, 3] per kept chip
+
+    @property
+    def empty(self) -> bool:
+        return self.chips == 0
+
+    def fractions_in_range(self, params: ChipParams) -> bool:
+        """Whether every kept chip's cloud and nodata fractions are in [0, the threshold]."""
+        c, n = self.cloud_fraction, self.nodata_fraction
+        return bool(np.all((c >= 0) & (c <= params.max_cloud)) and np.all((n >= 0) & (n <= params.max_nodata)))
+
+
+def make_chip_cube(
+    layout: Layout,
+    pid: PartitionId,
+    source: SceneSource,
+    params: ChipParams,
+    bands: Sequence[str],
+    cube_location: str | None = None,
+    storage_options: dict | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ChipCubeResult:
+    """Chip the scenes of ``pid``'s raw manifest and write the partition's chip directory.
+
+    Local rasters are streamed chip row by chip row straight from the files; other sources
+    load each scene. ``cube_location`` None puts ``cube.zarr`` inside the partition
+    directory; an ``s3://`` URI writes the cube there (``storage_options``: see
+    :func:`clay_core.chips.cube.write_cube`) and records that URI. ``log`` gets one line per
+    scene. The directory replaces the previous one only when everything was written.
+    """
+    refs = read_partition_scenes(layout, pid)
+    sets = []
+    for ref in refs:
+        cs = chip_source_scene(source, ref, list(bands), params)
+        if log is not None:
+            log(f"{ref.scene_id}: kept {len(cs)} chips, dropped {cs.dropped}")
+        sets.append(cs)
+    chips = ChipSet.concat(sets, list(bands), params.chip_size)
+    final = layout.partition_dir(CHIPS, pid)
+    images: list[np.ndarray] = []
+    cube_uri = None
+    with atomic_dir(final) as tmp:
+        if len(chips):
+            names, images = _write_thumbnails(chips, tmp, final)
+            ds = to_dataset(chips, params.chip_size)
+            if cube_location is not None:
+                cube_uri = write_cube(ds, cube_location, storage_options=storage_options)
+            else:
+                write_cube(ds, tmp / "cube.zarr")
+                cube_uri = str(final / "cube.zarr")
+            write_index(chips, tmp / "index.parquet", names, cube_uri)
+            (tmp / "mosaic.png").write_bytes(png_bytes(mosaic(images)))
+        write_manifest(tmp, {"tile": pid.tile, "window": pid.window, "chips": len(chips), "chip_size": params.chip_size,
+                             "cube_uri": cube_uri, "bands": chips.bands, "dropped": chips.dropped,
+                             "scenes": len(refs)})  # fmt: skip
+    meta = chips.meta
+    return ChipCubeResult(
+        pid=pid, directory=final, cube_uri=cube_uri, chips=len(chips), chip_size=params.chip_size,
+        bands=list(chips.bands), scene_ids=[r.scene_id for r in refs], dropped=dict(chips.dropped),
+        cloud_fraction=meta["cloud_fraction"].to_numpy() if len(chips) else np.zeros(0),
+        nodata_fraction=meta["nodata_fraction"].to_numpy() if len(chips) else np.zeros(0),
+        thumbnails=images,
+    )  # fmt: skip
+
+
+def _write_thumbnails(chips: ChipSet, tmp: Path, final: Path) -> tuple[list[str], list[np.ndarray]]:
+    """One RGB PNG per chip under ``tmp/thumbs``; returns their final paths and the images."""
+    (tmp / "thumbs").mkdir()
+    names, images = [], []
+    for i, row in chips.meta.iterrows():
+        img = rgb_image(chips.pixels[i], chips.bands)
+        name = thumb_name(row["chip_id"], row["datetime"])
+        (tmp / "thumbs" / name).write_bytes(png_bytes(img))
+        names.append(str(final / "thumbs" / name))
+        images.append(img)
+    return names, images

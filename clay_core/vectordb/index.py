@@ -1,0 +1,138 @@
+"""The HNSW index of ``clay.observations``: its parameters, rebuilds, and bulk loads.
+
+A mixin of ``VectorStore`` (it uses the store's connection and error handling).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Iterator
+
+import psycopg
+
+from clay_core.errors import ConfigError
+from clay_core.vectordb.migrations import (
+    FILTER_INDEXES,
+    HNSW_INDEX,
+    check_hnsw_params,
+    create_index_sql,
+    max_index_dim,
+)
+
+if TYPE_CHECKING:
+    from clay_core.vectordb.store import VectorStore
+
+__all__ = ["IndexMixin"]
+
+_log = logging.getLogger(__name__)
+
+
+class IndexMixin:
+    """Index management of ``VectorStore``."""
+
+    @staticmethod
+    def _index_exists(cur) -> bool:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"clay.{HNSW_INDEX}",))
+        return bool(cur.fetchone()[0])
+
+    def index_params(self) -> dict | None:
+        """{'m': .., 'ef_construction': ..} of the HNSW index, None if there is none."""
+        with self._errors("reading the HNSW index"):
+            cur = self._cursor()
+            cur.execute(
+                "SELECT c.reloptions FROM pg_class c WHERE c.oid = to_regclass(%s)",
+                (f"clay.{HNSW_INDEX}",),
+            )
+            row = cur.fetchone()
+        if not row:
+            return None
+        opts = dict(o.split("=", 1) for o in (row[0] or []))
+        return {"m": int(opts.get("m", 16)), "ef_construction": int(opts.get("ef_construction", 64))}
+
+    def drop_index(self) -> None:
+        """Drop the HNSW index (before a bulk load; ``rebuild_index`` builds it again)."""
+        with self._errors("dropping the HNSW index"):
+            self._cursor().execute(f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}")
+
+    def rebuild_index(self, m: int | None = None, ef_construction: int | None = None, *,
+                      maintenance_work_mem: str | None = None,
+                      parallel_workers: int | None = None) -> float:
+        """Drop and build the HNSW cosine index; returns the build time in seconds.
+
+        Parameters default to the current index's (else m=16, ef_construction=64).  The table is
+        locked against reads and writes during the build (it runs in one transaction).
+        ``maintenance_work_mem`` defaults to an estimate of the graph size (64MB..4GB) so the
+        build does not spill; ``parallel_workers`` sets max_parallel_maintenance_workers.
+        """
+        storage = self.table_storage() or self.storage  # the column's type decides the opclass
+        self._storage = storage
+        if self.dim > max_index_dim(storage):
+            raise ConfigError(f"pgvector cannot index {storage} columns over "
+                              f"{max_index_dim(storage)} dims ({self.dim})")
+        cur_params = self.index_params() or {"m": 16, "ef_construction": 64}
+        m = cur_params["m"] if m is None else m
+        ef_construction = cur_params["ef_construction"] if ef_construction is None else ef_construction
+        check_hnsw_params(m, ef_construction)
+        t0 = time.perf_counter()
+        with self._errors("rebuilding the HNSW index"), self._conn.transaction():
+            cur = self._cursor()
+            if parallel_workers is not None:
+                cur.execute("SELECT set_config('max_parallel_maintenance_workers', %s, true)",
+                            (str(int(parallel_workers)),))
+            cur.execute(f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}")
+            self._build_hnsw(cur, m, ef_construction, storage, maintenance_work_mem)
+        return time.perf_counter() - t0
+
+    def _build_hnsw(self, cur, m: int, ef_construction: int, storage: str,
+                    maintenance_work_mem: str | None = None) -> None:
+        """CREATE the HNSW index in the caller's transaction, with maintenance_work_mem sized to
+        the graph (64MB..4GB) unless given, so the build does not spill."""
+        if maintenance_work_mem is None:
+            bytes_per_dim = 2 if storage == "halfvec" else 4
+            need = int(self.count() * (self.dim * bytes_per_dim + 16 * m + 200) * 1.3 / 2**20) + 64
+            maintenance_work_mem = f"{min(max(need, 64), 4096)}MB"
+        cur.execute("SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,))
+        try:
+            with self._conn.transaction():
+                cur.execute(create_index_sql(m, ef_construction, storage))
+        except psycopg.errors.DiskFull:  # /dev/shm too small for a parallel build (docker)
+            _log.warning("parallel HNSW build ran out of shared memory; building serially")
+            cur.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
+            cur.execute(create_index_sql(m, ef_construction, storage))
+
+    @contextlib.contextmanager
+    def bulk_load(self, **index_kwargs) -> Iterator[VectorStore]:
+        """``with store.bulk_load(): store.load_partition(...)...`` for backfills: the HNSW index
+        and the filter indexes (tile/date/bbox) are dropped during the loads and built once at
+        the end, which is much cheaper than maintaining them row by row (docs/benchmarks_vector.md).
+        The primary key and the partition_key index stay: uniqueness and per-partition
+        replacement work as usual.  Searches during the block fall back to exact scans.
+
+        Each partition loaded in the block commits without waiting for its WAL flush; the index
+        build at the end commits synchronously and so flushes them all.  A server crash inside
+        the block can lose the last partitions reported loaded: re-run the backfill.  The
+        indexes are rebuilt (and the table analyzed) even when the block raises, which takes
+        minutes at millions of rows.
+        """
+        # the rebuilt index keeps the dropped one's parameters unless new ones are given
+        index_kwargs = {**(self.index_params() or {}), **index_kwargs}
+        try:
+            self._bulk = True
+            self.drop_index()
+            with self._errors("dropping the filter indexes for a bulk load"):
+                for name, _ in FILTER_INDEXES:
+                    self._cursor().execute(f"DROP INDEX IF EXISTS clay.{name}")
+            yield self
+        finally:
+            self._bulk = False
+            with self._errors("rebuilding the filter indexes"):
+                for _, ddl in FILTER_INDEXES:
+                    self._cursor().execute(ddl)
+            storage = self.table_storage() or self.storage
+            if self.dim <= max_index_dim(storage):  # else there was no HNSW index to rebuild
+                self.rebuild_index(**index_kwargs)
+            with self._errors("analyzing clay.observations after a bulk load"):
+                # fresh statistics: the filtered searches steer ef_search from row estimates
+                self._cursor().execute("ANALYZE clay.observations")
