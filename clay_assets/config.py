@@ -14,6 +14,7 @@ are not recorded in run or resource snapshots.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -201,7 +202,7 @@ class ClayConfig:
                               "use one of: synthetic, local, cube, stac")
         if source == "local" and not r.text("CLAY_SOURCE_ROOT"):
             raise ConfigError("CLAY_SOURCE=local needs CLAY_SOURCE_ROOT (the folder of GeoTIFFs)")
-        return cls(
+        cfg = cls(
             home=home,
             dagster_home=Path(dagster).expanduser().resolve() if dagster else home / "dagster",
             tiles=tiles,
@@ -237,6 +238,32 @@ class ClayConfig:
             label_classes=r.names("CLAY_LABEL_CLASSES"),
             labels_values=r.flag("CLAY_LABELS_VALUES"),
         )
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Refuse values that would only fail mid-run, naming the variable and the fix."""
+        from clay_core.encoder.model import PRESETS
+        from clay_core.vectordb.migrations import STORAGES
+        from clay_core.vectordb.server import EMBEDDED_FLAVOURS
+
+        if self.chip_size <= 0 or self.chip_size % 8:
+            raise ConfigError(f"CLAY_CHIP_SIZE={self.chip_size} must be a positive multiple of 8 (the Clay patch "
+                              "size), e.g. 256")
+        choices = {"CLAY_PRESET": (self.preset, tuple(PRESETS)),
+                   "CLAY_VECTOR_STORAGE": (self.vector_storage, STORAGES),
+                   "CLAY_EMBEDDED_PG": (self.embedded_pg, EMBEDDED_FLAVOURS),
+                   "CLAY_LABELS": (self.labels, ("synthetic", "raster", "table"))}
+        for name, (value, allowed) in choices.items():
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"CLAY_DEVICE={self.device!r} must be auto, cpu, cuda or cuda:N")
+        if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
+            raise ConfigError(f"CLAY_CHECKPOINT={self.checkpoint!r} is not a file; give the path of a downloaded "
+                              "Clay checkpoint, or unset it for seeded random weights")
+        if self.labels in ("raster", "table") and not self.labels_path:
+            raise ConfigError(f"CLAY_LABELS={self.labels} needs CLAY_LABELS_PATH (the label file)")
 
     @property
     def has_database_url(self) -> bool:

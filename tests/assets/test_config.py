@@ -71,6 +71,13 @@ def test_relative_homes_become_absolute(tmp_path, monkeypatch):
         ({"CLAY_SOURCE": "local"}, "CLAY_SOURCE_ROOT"),
         ({"CLAY_PATCH_TOKENS": "maybe"}, "CLAY_PATCH_TOKENS"),
         ({"CLAY_STAC_MAX_CLOUD": "ten"}, "CLAY_STAC_MAX_CLOUD"),
+        ({"CLAY_CHIP_SIZE": "100"}, "CLAY_CHIP_SIZE=100 must be a positive multiple of 8"),
+        ({"CLAY_PRESET": "huge"}, "CLAY_PRESET='huge' is not one of"),
+        ({"CLAY_CHECKPOINT": "/nonexistent/clay-v1.5.ckpt"}, "CLAY_CHECKPOINT=.* is not a file"),
+        ({"CLAY_DEVICE": "gpu"}, "CLAY_DEVICE"),
+        ({"CLAY_VECTOR_STORAGE": "float16"}, "CLAY_VECTOR_STORAGE"),
+        ({"CLAY_EMBEDDED_PG": "postgres18"}, "CLAY_EMBEDDED_PG"),
+        ({"CLAY_LABELS": "raster"}, "CLAY_LABELS_PATH"),
     ],
 )
 def test_bad_values_name_the_variable(env, named):
@@ -88,6 +95,19 @@ def test_database_url_is_an_env_var_reference_not_a_literal(tmp_path, monkeypatc
     assert isinstance(db.database_url, EnvVar) and db.database_url.env_var_name == "DATABASE_URL"
     assert "s3cret" not in repr(db)
     assert db.url() == secret
+
+
+def test_bad_value_fails_definitions_validate(tmp_path):
+    """Checked when the code location loads, so `dagster definitions validate` refuses it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CLAY_HOME": str(tmp_path), "CLAY_CHIP_SIZE": "100"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w",
+                           "workspace.yaml"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "CLAY_CHIP_SIZE=100 must be a positive multiple of 8" in proc.stdout + proc.stderr
 
 
 def test_current_follows_the_environment(monkeypatch):
