@@ -1,0 +1,47 @@
+"""`clay-assets`: the small command line around the platform.
+
+    clay-assets db-url                 connection URI (starts the embedded Postgres if needed)
+    clay-assets demo                   materialize the whole graph, print a search and a change report
+    clay-assets search --chip ID       chips most similar to ID's latest observation
+    clay-assets report                 change detections against the synthetic source's planted truth
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clay_assets.cli import demo, search
+from clay_assets.cli.demo import change_report
+
+__all__ = ["main", "build_parser", "change_report"]
+
+# Each command module adds its sub-commands; a new command is a new module listed here.
+COMMANDS = [search, demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clay-assets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for module in COMMANDS:
+        module.add_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clay_core.errors import ClayError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ClayError as exc:
+        print(f"clay-assets: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

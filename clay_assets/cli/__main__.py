@@ -1,0 +1,3 @@
+from clay_assets.cli import main
+import sys
+sys.exit(main())
