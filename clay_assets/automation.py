@@ -9,13 +9,18 @@ up to (the newest acquisition seen) and a digest of the scene ids per partition)
 daemon restarts.
 
 ``newest_window_schedule`` is the cron alternative: every Monday it runs the previous
-week's window for every tile.
+week's window for every registered tile.
+
+``tiles_sensor`` (running by default, no runs, one instance query a minute) registers the
+configured tiles (``CLAY_TILES`` + the tiles of ``CLAY_AREA``) as partitions of the dynamic
+``tile`` dimension, so ``dagster dev`` users see them without running anything first.
 """
 
 import json
 from datetime import datetime, timedelta, timezone
 
 from dagster import (
+    AddDynamicPartitionsRequest,
     AssetKey,
     AssetSelection,
     DefaultScheduleStatus,
@@ -30,10 +35,13 @@ from dagster import (
 )
 
 from clay_assets import config
-from clay_assets.partitions import date_partitions, scene_partitions
+from clay_assets.partitions import TILES_DIMENSION, date_partitions, scene_partitions
 from clay_assets.resources import SceneSourceResource
 from clay_assets.versions import digest
 from clay_core.types import PartitionId, window_start
+
+__all__ = ["INCREMENTAL_ASSETS", "incremental_job", "plan_new_partitions", "new_scenes_sensor", "tiles_sensor",
+           "newest_window_schedule", "SENSORS"]
 
 INCREMENTAL_ASSETS = ["raw_scenes", "chip_cubes", "embeddings", "change_scores", "vectors"]
 
@@ -96,14 +104,31 @@ def new_scenes_sensor(context: SensorEvaluationContext, source: SceneSourceResou
     src = source.get_source()
     materialized = {str(k) for k in context.instance.get_materialized_partitions(AssetKey("raw_scenes"))}
     now = datetime.now(timezone.utc)
-    keys, new_cursor = plan_new_partitions(src, config.current().tiles, cursor, now, materialized)
+    registered = list(context.instance.get_dynamic_partitions(TILES_DIMENSION))
+    tiles = list(dict.fromkeys([*config.current().tiles, *registered]))
+    keys, new_cursor = plan_new_partitions(src, tiles, cursor, now, materialized)
     if not keys:
         return SensorResult(skip_reason=SkipReason("no new acquisitions"), cursor=json.dumps(new_cursor))
     context.log.info(f"new acquisitions in {len(keys)} partition(s): {keys}")
+    # A configured tile the tiles sensor has not registered yet is registered in this same
+    # tick (Dagster adds partitions before it launches the tick's runs).
+    unregistered = sorted({PartitionId.parse(k).tile for k in keys} - set(registered))
     return SensorResult(
         run_requests=[RunRequest(run_key=f"{k}:{new_cursor['seen'][k]}", partition_key=k) for k in keys],
         cursor=json.dumps(new_cursor),
+        dynamic_partitions_requests=[AddDynamicPartitionsRequest(TILES_DIMENSION, unregistered)] if unregistered else [],
     )
+
+
+@sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING,
+        description="Registers the configured tiles (CLAY_TILES + CLAY_AREA) as partitions of the tile dimension.")
+def tiles_sensor(context: SensorEvaluationContext):
+    have = set(context.instance.get_dynamic_partitions(TILES_DIMENSION))
+    new = [t for t in config.current().tiles if t not in have]
+    if not new:
+        return SensorResult(skip_reason=SkipReason(f"all {len(have)} configured tiles are registered"))
+    context.log.info(f"registering tiles {new}")
+    return SensorResult(dynamic_partitions_requests=[AddDynamicPartitionsRequest(TILES_DIMENSION, new)])
 
 
 @schedule(
@@ -116,6 +141,11 @@ def new_scenes_sensor(context: SensorEvaluationContext, source: SceneSourceResou
 def newest_window_schedule(context):
     when = context.scheduled_execution_time or datetime.now(timezone.utc)
     window = window_start(when - timedelta(days=7))
-    for tile in config.current().tiles:
+    # Only registered tiles: a run for an unregistered one would be refused (tiles_sensor registers them).
+    for tile in context.instance.get_dynamic_partitions(TILES_DIMENSION):
         key = PartitionId(window=window, tile=tile).key
         yield RunRequest(run_key=key, partition_key=key)
+
+
+#: Every sensor of the code location (``clay_assets.definitions`` lists these).
+SENSORS = [new_scenes_sensor, tiles_sensor]

@@ -24,7 +24,8 @@ from pathlib import Path
 from clay_core.errors import ConfigError
 from clay_core.tiles import parse_tile
 
-__all__ = ["Setting", "SETTINGS", "ClayConfig", "load", "current", "configure_process", "dagster_home", "TRUE_VALUES"]
+__all__ = ["Setting", "SETTINGS", "ClayConfig", "load", "current", "configure_process", "dagster_home", "override",
+           "TRUE_VALUES"]
 
 TRUE_VALUES = ("1", "true", "yes", "on")
 FALSE_VALUES = ("0", "false", "no", "off", "")
@@ -46,6 +47,7 @@ _DECLARED = [
     Setting("DAGSTER_HOME", None, "Dagster's instance folder (default `$CLAY_HOME/dagster`)"),
     # what to process
     Setting("CLAY_TILES", "31UFU,32UNB", "MGRS tiles, comma-separated (validated at load)"),
+    Setting("CLAY_AREA", None, "an area: a GeoJSON file or `west,south,east,north` (degrees); adds its MGRS tiles"),
     Setting("CLAY_START", "2024-01-01", "first weekly window (a Monday)"),
     Setting("CLAY_END", None, "end of the weekly partitions (default: open)"),
     # where scenes come from
@@ -53,11 +55,13 @@ _DECLARED = [
     Setting("CLAY_SYNTHETIC_SIZE", "1024", "synthetic scenes' size in pixels"),
     Setting("CLAY_SOURCE_ROOT", None, "`local`: the folder of GeoTIFF/COG files"),
     Setting("CLAY_SOURCE_PATTERN", "{tile}_{date}_{band}.tif", "`local`: file-name pattern under the root"),
+    Setting("CLAY_SOURCE_BANDS", None, "`local`: band names of multi-band files, in file order"),
+    Setting("CLAY_SOURCE_QA_BAND", None, "`local`: QA band (`scl`, `qa_pixel`), `none`; unset: used where present"),
     Setting("CLAY_CUBE_PATH", "nrt:", "`cube`: a NetCDF/Zarr cube; `nrt:` is the real Sentinel-2 cube of `nrt==0.2.1`"),
     Setting("CLAY_STAC_URL", "https://earth-search.aws.element84.com/v1", "`stac`: STAC API or static catalogue"),
     Setting("CLAY_STAC_COLLECTION", None, "`stac`: collection (default: the platform's)"),
     Setting("CLAY_STAC_MAX_CLOUD", None, "`stac`: skip scenes above this cloud cover (%)"),
-    Setting("CLAY_PLATFORM", "sentinel-2-l2a", "`stac`: sensor platform of the scenes"),
+    Setting("CLAY_PLATFORM", "sentinel-2-l2a", "`stac`, `local`: sensor platform of the scenes"),
     Setting("CLAY_PLATFORMS_FILE", None, "YAML adding or overriding sensor platforms (bands, wavelengths, mean/std, gsd)"),
     Setting("CLAY_S3_ENDPOINT", None, "S3-compatible endpoint for COG reads and `CLAY_CUBES_URI`"),
     Setting("CLAY_AWS_ANONYMOUS", "1", "read public buckets unsigned"),
@@ -75,8 +79,10 @@ _DECLARED = [
     # serving
     Setting("DATABASE_URL", None, "an external Postgres with pgvector instead of the embedded one", secret=True),
     # No default value: unset keeps the flavour an existing data dir was created with.
-    Setting("CLAY_EMBEDDED_PG", None, "embedded server: `pgserver` (pgvector 0.6.2) or `pixeltable` (0.8.5)"),
-    Setting("CLAY_VECTOR_STORAGE", None, "`vector` (float32) or `halfvec` (float16); unset keeps the table's"),
+    Setting("CLAY_EMBEDDED_PG", None, "embedded server: `pixeltable` (pgvector 0.8.5) or `pgserver` (0.6.2); "
+            "unset: `pixeltable`, upgrading a stopped `pgserver` data dir in place"),
+    Setting("CLAY_VECTOR_STORAGE", None, "`vector` (float32) or `halfvec` (float16); unset keeps the table's "
+            "(a new one: `halfvec` on pgvector >= 0.7)"),
     # execution
     Setting("CLAY_MAX_CONCURRENT", "2", "steps of one run in parallel processes"),
     Setting("CLAY_DAGSTER_PG_URL", None, "Dagster's own storage in Postgres (read by `dagster.yaml`, see `deploy/`)",
@@ -139,8 +145,64 @@ class _Reader:
             raise ConfigError(f"{name}={raw!r} is not a date; use YYYY-MM-DD") from None
         return raw
 
+    def given(self, name: str) -> bool:
+        """Whether the variable is set (non-empty), rather than left at its default."""
+        return bool((self.environ.get(name) or "").strip())
+
     def names(self, name: str) -> tuple[str, ...]:
         return tuple(v.strip() for v in (self.text(name) or "").split(",") if v.strip())
+
+
+def _tiles(r: _Reader) -> tuple[str, ...]:
+    """``CLAY_TILES`` plus the tiles of ``CLAY_AREA``; with neither set, the ``CLAY_TILES``
+    default. A cube source is one tile: the MGRS tile of its footprint (see :func:`_cube_tile`)."""
+    from clay_core.areas import tiles_for_area
+
+    tiles = [t.upper() for t in r.names("CLAY_TILES")] if r.given("CLAY_TILES") else []
+    if r.given("CLAY_AREA"):
+        try:
+            tiles += [t for t in tiles_for_area(r.text("CLAY_AREA")) if t not in tiles]
+        except ConfigError as exc:
+            raise ConfigError(f"CLAY_AREA: {exc}") from None
+    if (r.text("CLAY_SOURCE") or "").lower() == "cube":
+        return _cube_tile(r, tiles)
+    return tuple(tiles) or tuple(t.upper() for t in r.names("CLAY_TILES"))
+
+
+def _cube_tile(r: _Reader, asked: list[str]) -> tuple[str, ...]:
+    """The cube's own tile when nothing or a list holding it is asked for; a single other tile
+    only if its Sentinel-2 extent holds the cube (the overlap strip); anything else refused."""
+    from clay_core.sources.cube import CubeSource
+
+    path = r.text("CLAY_CUBE_PATH")
+    try:
+        own = CubeSource(path).tile  # type: ignore[arg-type]
+        if not asked or own in asked:
+            return (own,)
+        if len(asked) == 1:
+            CubeSource(path, tile=asked[0]).grid(asked[0])  # type: ignore[arg-type]
+            return (asked[0],)
+    except Exception as exc:  # noqa: BLE001 - re-raised naming the variables
+        raise ConfigError(f"CLAY_SOURCE=cube, CLAY_CUBE_PATH={path!r}: {exc}") from None
+    raise ConfigError(f"CLAY_SOURCE=cube: the cube {path!r} is tile {own}, not any of {','.join(asked)} "
+                      f"(CLAY_TILES / CLAY_AREA); set CLAY_TILES={own} or leave CLAY_TILES unset")
+
+
+def _cube_dates(r: _Reader) -> tuple[str, str | None] | None:
+    """A cube source's windows when ``CLAY_START`` / ``CLAY_END`` are unset: from the week of
+    its first acquisition to the end of the week of its last (the nrt cube: 2015-07-27 to
+    2021-01-04), so its partitions are the weeks it has data for, not 2024 to today."""
+    if (r.text("CLAY_SOURCE") or "").lower() != "cube" or (r.given("CLAY_START") and r.given("CLAY_END")):
+        return None
+    from datetime import timedelta
+
+    from clay_core.sources.cube import CubeSource
+    from clay_core.types import window_start
+
+    first, last = CubeSource(r.text("CLAY_CUBE_PATH")).time_range()  # type: ignore[arg-type]
+    end = (date.fromisoformat(window_start(last)) + timedelta(days=7)).isoformat()
+    return (r.day("CLAY_START") if r.given("CLAY_START") else window_start(first),
+            r.day("CLAY_END") if r.given("CLAY_END") else end)
 
 
 @dataclass(frozen=True)
@@ -182,13 +244,16 @@ class ClayConfig:
     labels_path: str | None
     label_classes: tuple[str, ...]
     labels_values: bool
+    area: str | None = None
+    source_bands: tuple[str, ...] = ()
+    source_qa_band: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ClayConfig:
         r = _Reader(os.environ if environ is None else environ)
         home = Path(r.text("CLAY_HOME")).expanduser().resolve()  # type: ignore[arg-type]
         dagster = r.text("DAGSTER_HOME")
-        tiles = tuple(t.upper() for t in r.names("CLAY_TILES"))
+        tiles = _tiles(r)
         if not tiles:
             raise ConfigError("CLAY_TILES is empty; give MGRS tiles, e.g. CLAY_TILES=31UFU,32UNB")
         for t in tiles:
@@ -202,12 +267,13 @@ class ClayConfig:
                               "use one of: synthetic, local, cube, stac")
         if source == "local" and not r.text("CLAY_SOURCE_ROOT"):
             raise ConfigError("CLAY_SOURCE=local needs CLAY_SOURCE_ROOT (the folder of GeoTIFFs)")
+        cube_dates = _cube_dates(r)
         cfg = cls(
             home=home,
             dagster_home=Path(dagster).expanduser().resolve() if dagster else home / "dagster",
             tiles=tiles,
-            start=r.day("CLAY_START"),  # type: ignore[arg-type]
-            end=r.day("CLAY_END"),
+            start=cube_dates[0] if cube_dates else r.day("CLAY_START"),  # type: ignore[arg-type]
+            end=cube_dates[1] if cube_dates else r.day("CLAY_END"),
             source=source,
             synthetic_size=r.integer("CLAY_SYNTHETIC_SIZE", minimum=1),
             source_root=r.text("CLAY_SOURCE_ROOT"),
@@ -237,6 +303,9 @@ class ClayConfig:
             labels_path=r.text("CLAY_LABELS_PATH"),
             label_classes=r.names("CLAY_LABEL_CLASSES"),
             labels_values=r.flag("CLAY_LABELS_VALUES"),
+            area=r.text("CLAY_AREA"),
+            source_bands=r.names("CLAY_SOURCE_BANDS"),
+            source_qa_band=r.text("CLAY_SOURCE_QA_BAND"),
         )
         cfg.check()
         return cfg
@@ -289,6 +358,19 @@ def current() -> ClayConfig:
         _cache.clear()
         _cache[key] = load()
     return _cache[key]
+
+
+def override(values: Mapping[str, str]) -> ClayConfig:
+    """Set declared variables for this process and return the resulting :func:`current`.
+
+    For commands that choose their own settings (``clay-assets demo --real``) before the code
+    location loads: partitions are fixed at import, so this must run before that.
+    """
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(f"not platform settings: {', '.join(unknown)}")
+    os.environ.update({k: str(v) for k, v in values.items()})
+    return current()
 
 
 def configure_process(cfg: ClayConfig) -> None:

@@ -16,7 +16,7 @@ from clay_assets.assets.head_predictions import head_predictions
 from clay_assets.assets.pca import pca
 from clay_assets.assets.raw_scenes import raw_scenes
 from clay_assets.assets.vectors import vectors
-from clay_assets.automation import incremental_job, new_scenes_sensor, newest_window_schedule
+from clay_assets.automation import SENSORS, incremental_job, newest_window_schedule
 from clay_assets.partitions import scene_partitions
 from clay_assets.resources import SceneSourceResource
 from clay_assets.resources.build import build_resources, scene_source
@@ -57,7 +57,7 @@ defs = Definitions(
     assets=ALL_ASSETS,
     resources=build_resources(cfg=CONFIG),
     jobs=[scenes_job, serving_job, pca_job, incremental_job, finetune_job, predictions_job],
-    sensors=[new_scenes_sensor],
+    sensors=SENSORS,  # new_scenes_sensor, tiles_sensor (registers the configured tiles)
     schedules=[newest_window_schedule],
     # Steps of one run in parallel processes, bounded: a 2-core laptop should not thrash.
     executor=multiprocess_executor.configured({"max_concurrent": CONFIG.max_concurrent}),

@@ -2,7 +2,8 @@
 
 Per-scene assets run one partition per run (the multi-partition ``single_run`` backfill
 policy has open Dagster bugs with non-rectangular partition selections); ``pca`` runs once between the upstream and
-downstream halves because it needs every partition's embeddings.
+downstream halves because it needs every partition's embeddings. The tiles are registered as
+partitions of the dynamic tile dimension first (:func:`clay_assets.partitions.register_tiles`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable
 from dagster import DagsterInstance, materialize
 
 from clay_assets.definitions import ALL_ASSETS, PER_SCENE_DOWNSTREAM, PER_SCENE_UPSTREAM, pca
-from clay_assets.partitions import make_key
+from clay_assets.partitions import make_key, register_tiles
 
 
 @dataclass
@@ -35,6 +36,7 @@ def materialize_graph(
 ) -> RunSummary:
     summary = RunSummary()
     t0 = time.perf_counter()
+    register_tiles(instance, tiles)
 
     # The console logger only: every event still goes to the instance's event log (the UI).
     run_config = {"loggers": {"console": {"config": {"log_level": console_log_level}}}} if console_log_level else None

@@ -10,14 +10,31 @@ from PIL import Image
 
 __all__ = ["rgb_image", "png_bytes", "mosaic", "intensity_map", "series_plot"]
 
+# Cyan stays visible on every colour of the magma map (white vanished on its bright end).
+FLAG_COLOUR = "#00e5ff"
+
 
 def rgb_image(pixels: np.ndarray, bands: list[str], rgb: tuple[str, str, str] = ("red", "green", "blue"),
-              scale: float = 3000.0, size: int | None = 64) -> np.ndarray:
-    """uint8 RGB [h, w, 3] of one chip, linear stretch 0..scale (reflectance x 10000)."""
+              scale: float | None = None, size: int | None = 64, percentiles: tuple[float, float] = (2.0, 98.0)
+              ) -> np.ndarray:
+    """uint8 RGB [h, w, 3] of one chip.
+
+    By default each chip is stretched between the ``percentiles`` of its own red/green/blue
+    values: real scenes (dark forest, a few hundred DN) then look like something, where a fixed
+    0..3000 stretch left them nearly black. ``scale`` gives the old fixed linear stretch
+    0..scale instead (comparable brightness across chips).
+    """
     idx = [bands.index(b) for b in rgb if b in bands]
     if len(idx) != 3:
         idx = [0, 0, 0]
-    img = np.clip(pixels[idx].astype(np.float32) / scale * 255.0, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    data = pixels[idx].astype(np.float32)
+    if scale is not None:
+        lo, hi = 0.0, float(scale)
+    else:
+        valid = data[np.isfinite(data) & (data > 0)]
+        lo, hi = (np.percentile(valid, percentiles) if valid.size else (0.0, 1.0))
+        hi = max(float(hi), float(lo) + 1.0)
+    img = np.clip((data - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8).transpose(1, 2, 0)
     if size and img.shape[0] > size:
         step = img.shape[0] // size
         img = img[::step, ::step]
@@ -31,38 +48,84 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def mosaic(images: list[np.ndarray], columns: int = 8, pad: int = 2, max_tiles: int = 64) -> np.ndarray:
-    """Grid of thumbnails (first ``max_tiles``) on a dark background."""
+def mosaic(images: list[np.ndarray], columns: int = 8, pad: int = 2, max_tiles: int = 64,
+           labels: list[str] | None = None, min_size: int = 96) -> np.ndarray:
+    """Grid of thumbnails (first ``max_tiles``) on a dark background, each at least ``min_size``
+    px (nearest-neighbour enlarged) with its label (chip id, cloud fraction…) under it."""
     images = images[:max_tiles]
     if not images:
         return np.zeros((32, 32, 3), np.uint8)
+    zoom = max(1, -(-min_size // images[0].shape[0]))
+    images = [np.repeat(np.repeat(im, zoom, axis=0), zoom, axis=1) for im in images]
     h, w, _ = images[0].shape
+    text_h = 12 * max((len(str(s).splitlines()) for s in labels), default=0) if labels else 0
     cols = min(columns, len(images))
     rows = -(-len(images) // cols)
-    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 24, np.uint8)
+    cell_h = h + text_h + pad
+    out = np.full((rows * cell_h + pad, cols * (w + pad) + pad, 3), 24, np.uint8)
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
-        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
+        y, x = pad + r * cell_h, pad + c * (w + pad)
+        out[y : y + h, x : x + w] = im[:h, :w]
+    if labels:
+        from PIL import ImageDraw
+
+        canvas = Image.fromarray(out)
+        draw = ImageDraw.Draw(canvas)
+        for i, label in enumerate(labels[: len(images)]):
+            r, c = divmod(i, cols)
+            draw.multiline_text((pad + c * (w + pad) + 2, pad + r * cell_h + h + 1), str(label),
+                                fill=(230, 230, 230), spacing=1)
+        out = np.asarray(canvas)
     return out
 
 
 def intensity_map(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, flag: np.ndarray,
-                  cell: int = 16, vmax: float = 10.0) -> bytes:
-    """One cell per chip on the tile's chip grid; colour = score (0..vmax, magma), flagged chips framed white."""
-    from matplotlib import colormaps
+                  cell: int = 16, vmax: float = 10.0, *, title: str = "change score",
+                  chip_m: float | None = None) -> bytes:
+    """The tile's chip grid, one cell per chip coloured by change score (0..vmax, magma) with a
+    colour bar; flagged chips outlined in white (named in the legend); chip rows and columns on
+    the axes, and a scale bar when ``chip_m`` (metres per chip) is known."""
+    import matplotlib
 
-    rows = np.asarray(rows, int)
-    cols = np.asarray(cols, int)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    rows, cols = np.asarray(rows, int), np.asarray(cols, int)
     h, w = (rows.max() + 1, cols.max() + 1) if len(rows) else (1, 1)
-    img = np.full((h * cell, w * cell, 3), 40, np.uint8)
-    cmap = colormaps["magma"]
-    for r, c, s, f in zip(rows, cols, np.nan_to_num(np.asarray(score, float)), np.asarray(flag, bool)):
-        rgb = (np.array(cmap(float(np.clip(s / vmax, 0, 1)))[:3]) * 255).astype(np.uint8)
-        block = img[r * cell : (r + 1) * cell, c * cell : (c + 1) * cell]
-        block[:] = rgb
+    grid = np.full((h, w), np.nan)
+    grid[rows, cols] = np.nan_to_num(np.asarray(score, float))
+    side = max(3.0, min(8.0, 0.45 * max(h, w) + 2.0))
+    fig, ax = plt.subplots(figsize=(side + 1.4, side), dpi=max(60, cell * 6))
+    cmap = matplotlib.colormaps["magma"].copy()
+    cmap.set_bad("#d0d0d0")  # chips not observed in the window
+    im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+    for r, c, f in zip(rows, cols, np.asarray(flag, bool)):
         if f:
-            block[:2], block[-2:], block[:, :2], block[:, -2:] = 255, 255, 255, 255
-    return png_bytes(img)
+            ax.add_patch(Rectangle((c - 0.45, r - 0.45), 0.9, 0.9, fill=False, ec=FLAG_COLOUR, lw=2.5))
+    ax.set_xticks(range(w))
+    ax.set_yticks(range(h))
+    ax.set_xlabel("chip column")
+    ax.set_ylabel("chip row")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"change score (0–{vmax:g}+)")
+    handles = [Line2D([], [], marker="s", ls="", mfc="none", mec=FLAG_COLOUR, mew=2, ms=9, label="flagged chip"),
+               Line2D([], [], marker="s", ls="", color="#d0d0d0", ms=9, label="no clear observation")]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7, frameon=False)
+    if chip_m:
+        from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+        n = 1 if w < 4 else 2  # chips the bar spans
+        ax.add_artist(AnchoredSizeBar(ax.transData, n, f"{n * chip_m / 1000:g} km", "lower left", pad=0.3,
+                                      color="white", frameon=False, size_vertical=0.06, label_top=True,
+                                      fontproperties={"size": 7}))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def series_plot(dates, values, flags, title: str, fit_dates=None, fit_values=None) -> bytes:

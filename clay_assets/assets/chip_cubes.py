@@ -65,12 +65,14 @@ def chip_cubes(
         "dropped_cloudy": res.dropped.get("cloudy", 0),
         "dropped_nodata": res.dropped.get("nodata", 0),
         "chip_size": params.chip_size,
+        "cloud_screening": res.cloud_screening,  # "off": no QA band, only nodata was screened
         "cube": MetadataValue.path(res.cube_uri or "(no chips)"),
         "cloud_fraction_histogram": histogram_md(cloud, label="cloud fraction"),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if res.thumbnails:
-        md["mosaic"] = image_md(mosaic([im[::2, ::2] for im in res.thumbnails], max_tiles=32),
+        labels = [f"{c}\ncloud {f:.2f}" for c, f in zip(res.chip_ids, cloud)]
+        md["mosaic"] = image_md(mosaic(res.thumbnails, columns=8, max_tiles=32, labels=labels),
                                 f"{pid.tile} {pid.window}: {res.chips} chips")  # fmt: skip
     version = digest([params.__dict__, res.scene_ids, res.bands])
     check = AssetCheckResult(

@@ -4,6 +4,9 @@ Reads the partition's chip cube lazily batch by batch, normalizes with the platf
 statistics, encodes time and chip-centre lat/lon, and runs the encoder on CUDA when present
 (bf16 autocast) or the CPU (fp32, deterministic). Writes ``embeddings.zarr`` with the class
 token [chip, dim] float32 and, when enabled, patch tokens [chip, token, dim] float16.
+Damaged input fails the partition before anything is replaced (the previous embeddings stay):
+a cube missing a stored shard or a band, a chip read as all zeros, or embeddings that are not
+finite or that duplicate another chip's.
 """
 
 

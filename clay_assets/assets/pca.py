@@ -2,7 +2,9 @@
 
 Fitted incrementally (one partition in memory at a time) and stored as a new version under
 ``pca/v<N>``; ``pca/current.json`` names the version ``change_scores`` projects with, and each
-score row records it. Metadata shows the explained variance per component.
+score row records it. Metadata shows the explained variance per component. A partition whose
+embeddings are not finite is skipped (logged, listed in ``skipped_partitions``) instead of
+failing the fit.
 """
 
 import io
@@ -44,6 +46,8 @@ def pca(context: AssetExecutionContext, home: ClayHome, change_settings: ChangeS
             "version": fitted.version,
             "n_samples": fitted.basis.n_samples,
             "partitions": fitted.partitions,
+            # partitions left out because their embeddings are not finite (the run log names them)
+            "skipped_partitions": MetadataValue.json(list(fitted.skipped)),
             "n_components": int(len(evr)),
             "explained_variance_ratio": MetadataValue.json([round(float(v), 4) for v in evr]),
             "explained_variance_plot": image_md(_explained_variance_png(evr), "explained variance"),

@@ -1,9 +1,13 @@
 """`clay-assets`: the small command line around the platform.
 
     clay-assets db-url                 connection URI (starts the embedded Postgres if needed)
-    clay-assets demo                   materialize the whole graph, print a search and a change report
+    clay-assets db stop                stop the embedded Postgres of this CLAY_HOME
+    clay-assets demo [--real]          materialize the whole graph, print a search and a change report
+    clay-assets run --tiles T --from D --to D    materialize chosen windows of the configured source
+    clay-assets status                 materialized and stale partitions per asset
     clay-assets search --chip ID       chips most similar to ID's latest observation
     clay-assets report                 change detections against the synthetic source's planted truth
+    clay-assets runs list|clear        runs in progress, pool slots held; clear a run whose worker died
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clay_assets.cli import demo, search
+from clay_assets.cli import db, demo, materialize, runs, search
 from clay_assets.cli.demo import change_report
 
 __all__ = ["main", "build_parser", "change_report"]
 
 # Each command module adds its sub-commands; a new command is a new module listed here.
-COMMANDS = [search, demo]
+COMMANDS = [search, demo, materialize, db, runs]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     except ClayError as exc:
         print(f"clay-assets: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 if __name__ == "__main__":

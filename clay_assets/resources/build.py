@@ -32,8 +32,13 @@ def scene_source(cfg: ClayConfig) -> SceneSourceResource:
     if cfg.source == "synthetic":
         return SyntheticSource(tiles=list(cfg.tiles), size=cfg.synthetic_size, epoch=cfg.start)
     if cfg.source == "local":
-        return LocalRasterSourceResource(root=cfg.source_root, pattern=cfg.source_pattern)
+        qa = cfg.source_qa_band
+        # unset: the QA band where a scene has one ("auto"); none/off: nodata-only screening
+        qa_band = "auto" if qa is None else None if qa.lower() in ("none", "off", "0") else qa
+        return LocalRasterSourceResource(root=cfg.source_root, pattern=cfg.source_pattern, platform=cfg.platform,
+                                         qa_band=qa_band, band_names=list(cfg.source_bands) or None)
     if cfg.source == "cube":
+        # config checked at load that the cube lies in this tile (CLAY_TILES unset: the cube's own)
         return CubeSourceResource(path=cfg.cube_path, tile=cfg.tiles[0])
     return StacSourceResource(
         url=cfg.stac_url, collection=cfg.stac_collection, platform=cfg.platform, max_cloud=cfg.stac_max_cloud,

@@ -72,14 +72,16 @@ class LocalRasterSourceResource(SceneSourceResource):
     root: str
     pattern: str = "{tile}_{date}_{band}.tif"
     platform: str = "sentinel-2-l2a"
-    qa_band: Optional[str] = "scl"
+    # "auto": the platform's QA band where a scene has one, nodata-only screening elsewhere
+    qa_band: Optional[str] = "auto"
     band_names: Optional[list[str]] = None
 
     def build(self) -> SceneSource:
         from clay_core.sources import LocalRasterSource
 
+        qa_format = "landsat_qa_pixel" if self.qa_band == "qa_pixel" else "scl"
         return LocalRasterSource(self.root, pattern=self.pattern, platform=self.platform,
-                                 qa_band=self.qa_band, band_names=self.band_names)
+                                 qa_band=self.qa_band, band_names=self.band_names, qa_format=qa_format)
 
 
 class CubeSourceResource(SceneSourceResource):
@@ -89,7 +91,7 @@ class CubeSourceResource(SceneSourceResource):
     """
 
     path: str
-    tile: str
+    tile: Optional[str] = None  # None: the MGRS tile of the cube's footprint
     platform: str = "sentinel-2-l2a"
     qa_var: Optional[str] = "SCL"
 

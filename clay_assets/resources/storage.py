@@ -45,13 +45,18 @@ class ClayHome(ConfigurableResource):
         return str(self.layout.partition("chips", tile, window) / "cube.zarr")
 
     def open_cube(self, tile: str, window: str):
-        """The partition's chip cube, opened lazily wherever it is stored (see its manifest)."""
+        """The partition's chip cube, opened lazily wherever it is stored (see its manifest).
+
+        The manifest's location is resolved against this root (older manifests hold absolute
+        paths, used as they are). Refuses a cube missing a stored object or holding other bands
+        than the manifest lists (``DamagedDataError`` naming the cube and the file or band)."""
         from clay_core.chips import open_cube
         from clay_core.storage import read_manifest
 
-        man = read_manifest(self.layout.partition("chips", tile, window))
-        uri = man.get("cube_uri") or str(self.layout.partition("chips", tile, window) / "cube.zarr")
-        return open_cube(uri, self.storage_options() if uri.startswith("s3://") else None)
+        layout = self.layout
+        man = read_manifest(layout.partition("chips", tile, window))
+        uri = layout.locate(man.get("cube_uri") or layout.relative(layout.partition("chips", tile, window) / "cube.zarr"))
+        return open_cube(uri, self.storage_options() if uri.startswith("s3://") else None, bands=man.get("bands"))
 
 
 class ChipSettings(ConfigurableResource):

@@ -27,7 +27,8 @@ from clay_core.change.scores import score_partition, top_changed
 from clay_core.change.series_plots import pc1_series_pngs
 from clay_core.change.tracking import EventTracking, advance_events, previous_states, replay_windows, save_states
 from clay_core.render import intensity_map
-from clay_core.storage import CHANGE, CHIPS, EMBEDDINGS, Layout, atomic_dir, read_manifest, write_manifest
+from clay_core.storage import (CHANGE, CHIPS, EMBEDDINGS, Layout, atomic_dir, check_finite, nonfinite_rows,
+                                read_manifest, write_manifest)
 from clay_core.types import Observations, PartitionId
 
 __all__ = ["ChangeResult", "PcaFit", "fit_pca", "read_window", "score_change"]
@@ -63,6 +64,7 @@ class PcaFit:
     basis: PcaBasis
     partitions: int  # embedding partitions it was fitted over
     path: Path  # the stored basis.npz
+    skipped: tuple[str, ...] = ()  # embedding stores left out: their embeddings are not finite
 
     @property
     def version(self) -> int:
@@ -87,10 +89,18 @@ def fit_pca(layout: Layout, params: ChangeParams, log: Callable[[str], None] | N
     log = log or (lambda _msg: None)
     parts = embedding_partitions(layout)
     log(f"fitting PCA over {len(parts)} embedding partitions")
+    skipped: list[str] = []
 
     def batches() -> Iterator:
         for i, p in enumerate(parts, 1):
-            yield _read_observations(p).vectors
+            vectors = _read_observations(p).vectors
+            bad = nonfinite_rows(vectors)
+            if len(bad):  # one damaged partition must not stop the basis for every other one
+                skipped.append(layout.relative(p))
+                log(f"PCA: skipped {p}: {len(bad)} of {len(vectors)} embeddings are not finite; "
+                    "re-materialize that embeddings partition")
+            else:
+                yield vectors
             if i % 10 == 0 or i == len(parts):
                 log(f"PCA: read {i}/{len(parts)} partitions")
 
@@ -99,7 +109,7 @@ def fit_pca(layout: Layout, params: ChangeParams, log: Callable[[str], None] | N
     basis = fit_incremental(batches(), max(MIN_PCA_COMPONENTS, params.n_components), version)
     path = basis.save(root / f"v{version}")
     set_current(root, version)
-    return PcaFit(basis, len(parts), path)
+    return PcaFit(basis, len(parts) - len(skipped), path, tuple(skipped))
 
 
 # -- change scores ------------------------------------------------------------------------
@@ -140,7 +150,8 @@ def _score_window(
     scores = score_partition(current, hist, basis.transform, params)
     pcs = basis.transform(current.vectors)[:, : params.n_components]
     tracked = advance_events(states, current, pcs, params.detector)
-    scores = scores.merge(tracked.scores.drop(columns=["datetime"]), on="chip_id", how="left")
+    # one row per chip observation: a window with two acquisitions has two rows per chip
+    scores = scores.merge(tracked.scores, on=["chip_id", "datetime"], how="left")
     for i in range(min(3, pcs.shape[1])):
         scores[f"pc{i + 1}"] = pcs[:, i]
     scores["pca_version"] = basis.version
@@ -153,8 +164,10 @@ def _write_maps(tmp: Path, layout: Layout, pid: PartitionId, scores: pd.DataFram
 
     index = gpd.read_parquet(layout.partition_dir(CHIPS, pid) / "index.parquet")
     merged = pd.DataFrame(index[["chip_id", "row", "col"]]).drop_duplicates("chip_id").merge(scores, on="chip_id")
+    chip_m = float(index["x_max"].iloc[0] - index["x_min"].iloc[0]) if {"x_min", "x_max"} <= set(index) and len(index) \
+        else None  # native units: metres for the UTM / LAEA grids the sources produce
     png = intensity_map(merged["row"].to_numpy(), merged["col"].to_numpy(), merged["change_score"].to_numpy(),
-                        merged["change_flag"].to_numpy())
+                        merged["change_flag"].to_numpy(), title=f"change score {pid.tile} {pid.window}", chip_m=chip_m)
     (tmp / "intensity.png").write_bytes(png)
     grid = index[["chip_id", "geometry"]].drop_duplicates("chip_id")
     geojson = grid.merge(scores[GEOJSON_COLUMNS], on="chip_id").to_json(na="null")
@@ -173,6 +186,10 @@ def score_change(layout: Layout, pid: PartitionId, basis: PcaBasis, params: Chan
     by_window = {w: read_window(layout, pid.tile, w) for w in earlier}  # read each store once
     history = [o for o in by_window.values() if o is not None]
     current = read_window(layout, pid.tile, pid.window)
+    for w, obs in [*by_window.items(), (pid.window, current)]:
+        if obs is not None:  # NaN would become NaN scores and a poisoned detector state
+            check_finite(obs.vectors, obs.chip_id, f"change scores of {pid.key}: embeddings of {pid.tile} {w}",
+                         f"re-materialize embeddings for {w}|{pid.tile}")
     states, upto = previous_states(layout, pid, basis.version, params.detector)
     states, replayed = replay_windows(states, by_window, upto, basis, params)
 

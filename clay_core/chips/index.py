@@ -13,7 +13,10 @@ __all__ = ["write_index", "thumb_name"]
 
 
 def write_index(chips: ChipSet, path: Path, thumbnails: list[str], cube_uri: str) -> None:
-    """GeoParquet chip index: WGS84 polygons plus native bounds, stats and lineage hrefs."""
+    """GeoParquet chip index: WGS84 polygons plus native bounds, stats and lineage hrefs.
+
+    ``thumbnails`` and ``cube_uri`` are stored as given: the chips stage passes locations
+    relative to the layout root (``Layout.locate`` resolves them)."""
     import geopandas as gpd
     from shapely import box
 

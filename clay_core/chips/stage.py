@@ -31,7 +31,7 @@ class ChipCubeResult:
 
     pid: PartitionId
     directory: Path  # the partition directory
-    cube_uri: str | None  # None when no chip was kept
+    cube_uri: str | None  # where the cube is now (manifest and index store it relative); None without chips
     chips: int
     chip_size: int
     bands: list[str]
@@ -40,6 +40,8 @@ class ChipCubeResult:
     cloud_fraction: np.ndarray  # [chips] of the kept chips
     nodata_fraction: np.ndarray  # [chips]
     thumbnails: list[np.ndarray]  # uint8 RGB [h, w, 3] per kept chip
+    chip_ids: tuple[str, ...] = ()  # per kept chip, aligned with ``thumbnails``
+    cloud_screening: str = "scl"  # what screened clouds: a QA format, "off" (nodata only) or "partial"
 
     @property
     def empty(self) -> bool:
@@ -77,6 +79,7 @@ def make_chip_cube(
             log(f"{ref.scene_id}: kept {len(cs)} chips, dropped {cs.dropped}")
         sets.append(cs)
     chips = ChipSet.concat(sets, list(bands), params.chip_size)
+    screening = _cloud_screening(source, refs)
     final = layout.partition_dir(CHIPS, pid)
     images: list[np.ndarray] = []
     cube_uri = None
@@ -89,19 +92,35 @@ def make_chip_cube(
             else:
                 write_cube(ds, tmp / "cube.zarr")
                 cube_uri = str(final / "cube.zarr")
-            write_index(chips, tmp / "index.parquet", names, cube_uri)
-            (tmp / "mosaic.png").write_bytes(png_bytes(mosaic(images)))
+            # Stored relative to the layout root (s3:// URIs as they are): a copied root reads its own cube.
+            write_index(chips, tmp / "index.parquet", [layout.relative(n) for n in names], layout.relative(cube_uri))
+            (tmp / "mosaic.png").write_bytes(png_bytes(mosaic(images, labels=_labels(chips))))
         write_manifest(tmp, {"tile": pid.tile, "window": pid.window, "chips": len(chips), "chip_size": params.chip_size,
-                             "cube_uri": cube_uri, "bands": chips.bands, "dropped": chips.dropped,
-                             "scenes": len(refs)})  # fmt: skip
+                             "cube_uri": cube_uri and layout.relative(cube_uri), "bands": chips.bands,
+                             "dropped": chips.dropped, "scenes": len(refs),
+                             "cloud_screening": screening})  # fmt: skip
     meta = chips.meta
     return ChipCubeResult(
+        chip_ids=tuple(str(c) for c in meta["chip_id"]) if len(chips) else (), cloud_screening=screening,
         pid=pid, directory=final, cube_uri=cube_uri, chips=len(chips), chip_size=params.chip_size,
         bands=list(chips.bands), scene_ids=[r.scene_id for r in refs], dropped=dict(chips.dropped),
         cloud_fraction=meta["cloud_fraction"].to_numpy() if len(chips) else np.zeros(0),
         nodata_fraction=meta["nodata_fraction"].to_numpy() if len(chips) else np.zeros(0),
         thumbnails=images,
     )  # fmt: skip
+
+
+def _cloud_screening(source: SceneSource, refs: list) -> str:
+    """What screened clouds in this partition: one QA format, "off" (no QA band: nodata only),
+    or "partial" when its scenes differ; the source's own answer when there are no scenes."""
+    kinds = {source.cloud_screening_of(r) for r in refs} if refs else {source.cloud_screening}
+    return kinds.pop() if len(kinds) == 1 else "partial"
+
+
+def _labels(chips: ChipSet) -> list[str]:
+    """Mosaic captions: chip id, acquisition day and cloud fraction."""
+    m = chips.meta
+    return [f"{c}\n{str(d)[:10]} cloud {f:.2f}" for c, d, f in zip(m["chip_id"], m["datetime"], m["cloud_fraction"])]
 
 
 def _write_thumbnails(chips: ChipSet, tmp: Path, final: Path) -> tuple[list[str], list[np.ndarray]]:

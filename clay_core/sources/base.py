@@ -28,6 +28,18 @@ class SceneSource(ABC):
 
     platform: str = "sentinel-2-l2a"
 
+    @property
+    def cloud_screening(self) -> str:
+        """What screens clouds: the QA format read (``"scl"``, ``"landsat_qa_pixel"``), or
+        ``"off"`` for a source without a QA band (only nodata pixels are masked then)."""
+        qa_format = getattr(self, "qa_format", "scl")
+        has_qa = getattr(self, "qa_band", getattr(self, "qa_var", "scl"))
+        return qa_format if has_qa else "off"
+
+    def cloud_screening_of(self, ref: SceneRef) -> str:
+        """What screens the clouds of one scene (a source whose QA varies by scene overrides it)."""
+        return self.cloud_screening
+
     @abstractmethod
     def grid(self, tile: str) -> TileGrid:
         """The tile's pixel grid; raises UnknownTileError for a tile the source does not serve."""

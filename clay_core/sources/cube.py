@@ -29,7 +29,11 @@ variable, or a ``crs`` dataset attribute); a cube with ascending y is flipped to
 north-up on load. Variables are mapped to Clay band names with the platform's aliases
 (``B02``/``B2`` -> ``blue``, ``B03``/``B3`` -> ``green``, ``B04``/``B4`` -> ``red``,
 ``B08``/``B8`` -> ``nir``, ``B8A`` -> ``nir08``, ``B11`` -> ``swir16``, ...) updated by
-``band_map`` (variable -> band). The cube serves exactly one tile id (``tile``).
+``band_map`` (variable -> band).
+
+The cube serves exactly one tile id. ``tile=None`` takes it from the data: the MGRS square
+holding the footprint's centre (34TER for the nrt cube). A cube asked for an MGRS tile
+whose Sentinel-2 extent does not hold that centre is refused, naming its real tile.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from clay_core.errors import ConfigError, SceneError, UnknownTileError
 from clay_core.sources.bands import canonical_band
 from clay_core.sources.base import SceneSource, as_utc
 from clay_core.sources.crs import crs_string
+from clay_core.sources.grids import check_grid_tile, grid_tile
 from clay_core.sources.qa import QA_FORMATS, qa_fill, synthetic_qa, to_scl
 from clay_core.types import Scene, SceneRef, TileGrid
 
@@ -80,7 +85,8 @@ class CubeSource(SceneSource):
     Args:
         path: the cube file (``.nc``) or Zarr store (directory); ``"nrt:"`` or
             ``"nrt:<file>"`` picks a cube shipped with the ``nrt`` package.
-        tile: the tile id this cube is (any string; e.g. an MGRS id).
+        tile: the tile id this cube is: an MGRS id that must hold the cube's centre, a
+            free-form site name, or None for the MGRS tile of the cube's footprint.
         platform: platform id recorded in every SceneRef.
         band_map: variable -> Clay band name, on top of the platform aliases.
         qa_var: the QA variable (``"SCL"``), or None for a cube without one (then QA is
@@ -95,7 +101,7 @@ class CubeSource(SceneSource):
     def __init__(
         self,
         path: str,
-        tile: str,
+        tile: str | None = None,
         platform: str = "sentinel-2-l2a",
         band_map: dict[str, str] | None = None,
         qa_var: str | None = "SCL",
@@ -110,7 +116,7 @@ class CubeSource(SceneSource):
         if qa_format not in QA_FORMATS:
             raise ConfigError(f"unknown qa_format {qa_format!r}: expected one of {QA_FORMATS}")
         self.path = _resolve_path(str(path))
-        self.tile = tile.strip()
+        self._tile = tile.strip() if tile else None
         self.platform = platform
         self.band_map = dict(band_map or {})
         self.qa_var = qa_var
@@ -121,7 +127,27 @@ class CubeSource(SceneSource):
         self.engine = engine
 
     def __repr__(self) -> str:
-        return f"CubeSource(path={self.path!r}, tile={self.tile!r})"
+        return f"CubeSource(path={self.path!r}, tile={self._tile or '(from footprint)'!r})"
+
+    @property
+    def tile(self) -> str:
+        """The tile id served: the one given, or the MGRS tile of the cube's footprint."""
+        return self._tile or self._layout["footprint_tile"]
+
+    @property
+    def footprint(self):
+        """The cube's extent as a WGS84 lon/lat polygon (shapely)."""
+        from clay_core.areas import footprint_lonlat
+
+        g = self._layout["grid"]
+        t = g.transform
+        return footprint_lonlat(g.crs, (t.c, t.f + g.height * t.e, t.c + g.width * t.a, t.f))
+
+    def time_range(self) -> tuple[datetime, datetime]:
+        """The first and last acquisition times (UTC)."""
+        with self._open() as ds:
+            times = self._times(ds)
+        return min(times), max(times)
 
     # ------------------------------------------------------------------ opening
 
@@ -143,7 +169,8 @@ class CubeSource(SceneSource):
     def _check_tile(self, tile: str) -> None:
         if tile.strip().upper() != self.tile.upper():
             raise UnknownTileError(
-                f"tile {tile!r} is not served by {self!r}: this cube is tile {self.tile!r}"
+                f"tile {tile!r} is not served by {self!r}: this cube is tile {self.tile!r}; "
+                f"set CLAY_TILES={self.tile}"
             )
 
     @cached_property
@@ -170,7 +197,11 @@ class CubeSource(SceneSource):
                 b = self.band_map.get(v) or canonical_band(v, self.platform)
                 bands.setdefault(b, v)
             grid, flip = self._grid(ds, variables)
-        return {"bands": bands, "grid": grid, "flip": flip, "variables": variables}
+        own = grid_tile(grid)
+        if self._tile:  # a cube named for a tile it is not in is refused (names its real tile)
+            check_grid_tile(self._tile, grid, f"cube {self.path}")
+        grid = TileGrid(self._tile or own, grid.crs, grid.transform, grid.height, grid.width)
+        return {"bands": bands, "grid": grid, "flip": flip, "variables": variables, "footprint_tile": own}
 
     def _crs(self, ds, variables: list[str]) -> str:
         if self.crs:
@@ -215,7 +246,7 @@ class CubeSource(SceneSource):
         top = float(y.max()) + resy / 2
         left = float(x[0]) - resx / 2
         transform = Affine(resx, 0.0, left, 0.0, -resy, top)
-        return TileGrid(self.tile, self._crs(ds, variables), transform, int(y.size), int(x.size)), flip
+        return TileGrid(self._tile or "", self._crs(ds, variables), transform, int(y.size), int(x.size)), flip
 
     # ------------------------------------------------------------------ interface
 

@@ -8,12 +8,23 @@ Two layouts, chosen by the file-name ``pattern`` (relative to ``root``; may cont
   ``B02``/``B2`` -> ``blue`` ... ``B8A`` -> ``nir08``, ``B11`` -> ``swir16``,
   ``SCL`` -> ``scl``; case-insensitive) plus ``band_aliases``.
 - multi-band files: the pattern has no ``{band}``, e.g. ``{tile}/{date}.tif``; the
-  bands are named by ``band_names`` (in file order) or else by the file's band
-  descriptions.
+  bands are named by ``band_names`` (in file order; ``CLAY_SOURCE_BANDS``), else by the
+  file's band descriptions, else -- a plain GeoTIFF without descriptions -- by the
+  platform's preset: a 4-band file is blue, green, red, near-infrared (Sentinel-2 B02,
+  B03, B04, B08: its 10 m bands; ``nir08`` for Landsat), a file with as many bands as the
+  platform has is in the platform's band order; any other count is refused, naming
+  ``CLAY_SOURCE_BANDS``.
 
 Pattern fields: ``{tile}``, ``{date}`` (``YYYYMMDD``, ``YYYY-MM-DD``, optionally with a
 time ``THHMMSS`` / ``THH:MM:SS[.f][Z|+hh:mm]``; no zone = UTC), ``{band}``; ``*``
-matches anything but ``/``. A scene is one (tile, date) pair.
+matches anything but ``/``. A scene is one (tile, date) pair. Without ``{tile}`` a file's
+tile is the MGRS tile of its footprint's centre; without ``{date}`` its date is the
+TIFF tag ``TIFFTAG_DATETIME`` (``YYYY:MM:DD HH:MM:SS``, UTC). Whatever names a file's
+tile, its footprint must lie in that tile (:func:`clay_core.sources.grids.check_grid_tile`):
+a file named for the wrong tile is refused, naming the tile it is in.
+
+QA is optional: ``qa_band="auto"`` uses the platform's QA band (``scl``) where a scene
+has one and screens nodata only where it has none (``cloud_screening`` says ``"off"``).
 
 The tile grid is ``grids[tile]`` (or ``grids["*"]``) when given, else the grid of the
 finest-resolution band file of the tile's oldest scene (cached per source instance).
@@ -47,7 +58,7 @@ from clay_core.sources.bands import canonical_band, resampling_for
 from clay_core.sources.base import SceneSource, as_utc
 from clay_core.sources.chip_reader import ChipBandFile, ChipQAFile, ChipRowReader
 from clay_core.sources.grid_read import open_raster, read_to_grid
-from clay_core.sources.grids import grid_from_dict, grid_of
+from clay_core.sources.grids import check_grid_tile, grid_from_dict, grid_of, grid_tile
 from clay_core.sources.qa import QA_FORMATS, qa_fill, synthetic_qa, to_scl
 from clay_core.types import Scene, SceneRef, TileGrid
 
@@ -56,6 +67,7 @@ DATE_RE = (
     r"(?:T\d{2}:?\d{2}(?::?\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
 )
 _FIELD_RE = {"tile": r"[^/]+?", "date": DATE_RE, "band": r"[^/]+?"}
+_DEFAULT_QA = {"scl": "scl", "landsat_qa_pixel": "qa_pixel"}
 
 
 def parse_date(text: str) -> datetime:
@@ -99,12 +111,7 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
             out.append(f"(?P<{name}>{_FIELD_RE[name]})")
         pos = m.end()
     out.append(re.escape(pattern[pos:]))
-    missing = {"tile", "date"} - seen
-    if missing:
-        raise ConfigError(
-            f"pattern {pattern!r} lacks {sorted(missing)}: file names must say the tile and the "
-            "date, e.g. '{tile}_{date}_{band}.tif'"
-        )
+    # No {tile}: the footprint says it. No {date}: the TIFF tags say it (see the module doc).
     return re.compile("".join(out) + r"\Z")
 
 
@@ -123,8 +130,10 @@ class LocalRasterSource(SceneSource):
         root: directory scanned (recursively) on every ``list_scenes`` call.
         pattern: file-name pattern relative to ``root`` (see the module docstring).
         platform: platform id recorded in every SceneRef (band aliases follow it).
-        qa_band: Clay name of the QA band (``"scl"``; ``"qa_pixel"`` for Landsat), or None.
-        band_names: band names of multi-band files, in file order.
+        qa_band: Clay name of the QA band (``"scl"``; ``"qa_pixel"`` for Landsat), None
+            for none (nodata-only screening), or ``"auto"``: the QA band where a scene has it.
+        band_names: band names of multi-band files, in file order (default: the file's
+            band descriptions, else the platform preset, see the module docstring).
         grids: explicit tile grids, ``{tile or "*": {"crs", "transform", "height", "width"}}``.
         band_aliases: extra file token -> band name mapping (``{"B8": "nir"}``).
         qa_format: ``"scl"`` or ``"landsat_qa_pixel"`` (converted by ``landsat_qa_to_scl``).
@@ -157,6 +166,8 @@ class LocalRasterSource(SceneSource):
         self.pattern = pattern
         self.platform = platform
         self.qa_band = qa_band
+        # the QA band's name where "auto" finds one (and for nearest resampling)
+        self._qa_name = _DEFAULT_QA[qa_format] if qa_band == "auto" else qa_band
         self.band_names = list(band_names) if band_names else None
         self.grids = dict(grids or {})
         self.band_aliases = dict(band_aliases or {})
@@ -168,6 +179,7 @@ class LocalRasterSource(SceneSource):
         self.max_workers = max(1, int(max_workers))
         self.num_threads = num_threads
         self._grid_cache: dict[str, TileGrid] = {}
+        self._file_info: dict[tuple[str, float, int], tuple[str, str | None]] = {}
 
     @property
     def _open_options(self) -> dict[str, Any]:
@@ -190,18 +202,45 @@ class LocalRasterSource(SceneSource):
                 m = self._regex.match(rel)
                 if not m:
                     continue
+                fields = m.groupdict()
+                if "tile" not in fields or "date" not in fields:
+                    tag_tile, tag_date = self._file_tile_date(full)
+                    fields.setdefault("tile", tag_tile)
+                    fields.setdefault("date", tag_date)
                 try:
-                    dt = parse_date(m["date"])
+                    dt = parse_date(fields["date"])
                 except ValueError:
                     continue
-                tile = m["tile"]
-                token = re.sub(r"[-:]", "", m["date"])
+                tile = fields["tile"]
+                token = re.sub(r"[-:]", "", fields["date"])
                 key = (tile.upper(), token)
                 sc = scenes.setdefault(key, _SceneFiles(tile, token, dt))
                 band = "*" if self.multiband else canonical_band(m["band"], self.platform, self.band_aliases)
                 if band not in sc.files or full < sc.files[band]:  # deterministic choice
                     sc.files[band] = full
         return scenes
+
+    def _file_tile_date(self, path: str) -> tuple[str, str]:
+        """A file's tile (its footprint's MGRS tile) and date (``TIFFTAG_DATETIME``), for
+        patterns without ``{tile}`` / ``{date}``; cached per file version."""
+        st = os.stat(path)
+        key = (path, st.st_mtime, st.st_size)
+        if key not in self._file_info:
+            with open_raster(path, f"file {path}") as src:
+                tile = grid_tile(grid_of(src, ""))
+                stamp = src.tags().get("TIFFTAG_DATETIME")
+            self._file_info[key] = (tile, stamp)
+        tile, stamp = self._file_info[key]
+        if "date" not in self._regex.groupindex:
+            m = re.fullmatch(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})", (stamp or "").strip())
+            if not m:
+                raise ConfigError(
+                    f"{path}: CLAY_SOURCE_PATTERN {self.pattern!r} has no {{date}} and the file has no "
+                    f"TIFFTAG_DATETIME tag (YYYY:MM:DD HH:MM:SS) to date it (got {stamp!r}); put the date in "
+                    "the file name and {date} in CLAY_SOURCE_PATTERN, e.g. '{date}.tif'"
+                )
+            return tile, "{}-{}-{}T{}:{}:{}".format(*m.groups())
+        return tile, ""
 
     def _tile_scenes(self, tile: str) -> list[_SceneFiles]:
         t = tile.strip().upper()
@@ -236,13 +275,14 @@ class LocalRasterSource(SceneSource):
                 )
             first = scenes[0]
             best: TileGrid | None = None
-            for band, path in sorted(first.files.items(), key=lambda kv: (kv[0] == self.qa_band, kv[0])):
+            for band, path in sorted(first.files.items(), key=lambda kv: (kv[0] == self._qa_name, kv[0])):
                 with open_raster(path, f"band {band} of scene {tile}_{first.date_token}") as src:
                     g = grid_of(src, tile.strip())
                 if best is None or abs(g.transform.a) < abs(best.transform.a) - 1e-9:
                     best = g
             assert best is not None
             g = best
+        check_grid_tile(tile, g, f"the files of tile {tile.strip()} under {self.root}")
         self._grid_cache[key] = g
         return g
 
@@ -296,18 +336,15 @@ class LocalRasterSource(SceneSource):
                 names = self._multiband_names(ref, src, path, bands)
             specs.append(ChipBandFile(path, f"scene {ref.scene_id}", [names.index(b) + 1 for b in bands],
                                       list(range(len(bands))), [self._resampling(b) for b in bands]))  # fmt: skip
-            if self.qa_band:
-                qa = ChipQAFile(path, f"scene {ref.scene_id}", names.index(self.qa_band) + 1, self.qa_format)
+            qa_band = self._qa_for(names)
+            if qa_band:
+                qa = ChipQAFile(path, f"scene {ref.scene_id}", names.index(qa_band) + 1, self.qa_format)
         else:
-            for b in bands:
-                if b not in files:
-                    raise self._missing(ref, b, files)
-            if self.qa_band and self.qa_band not in files:
-                raise self._missing(ref, self.qa_band, files, qa=True)
+            qa_band = self._check_per_band(ref, bands, files)
             specs = [ChipBandFile(files[b], f"band {b} of scene {ref.scene_id}", [1], [i], [self._resampling(b)])
                      for i, b in enumerate(bands)]  # fmt: skip
-            if self.qa_band:
-                qa = ChipQAFile(files[self.qa_band], f"QA band {self.qa_band} of scene {ref.scene_id}", 1,
+            if qa_band:
+                qa = ChipQAFile(files[qa_band], f"QA band {qa_band} of scene {ref.scene_id}", 1,
                                 self.qa_format)  # fmt: skip
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         n = workers if workers is not None else min(self.max_workers, cpus)
@@ -315,19 +352,79 @@ class LocalRasterSource(SceneSource):
                              open_options=self._open_options, bands=bands)  # fmt: skip
 
     def _multiband_names(self, ref: SceneRef, src: Any, path: str, bands: list[str]) -> list[str]:
-        names = self.band_names or [
-            canonical_band(d, self.platform, self.band_aliases) if d else "" for d in src.descriptions
-        ]
+        if self.band_names:
+            names = list(self.band_names)
+        elif any(src.descriptions):
+            names = [canonical_band(d, self.platform, self.band_aliases) if d else "" for d in src.descriptions]
+        else:  # a plain GeoTIFF: the platform preset names its bands
+            names = self._preset_names(src.count, path)
         if len(names) != src.count:
-            raise SceneError(f"{path}: has {src.count} bands but band_names lists {len(names)} ({names})")
-        wanted = list(bands) + ([self.qa_band] if self.qa_band else [])
+            raise SceneError(f"{path}: has {src.count} bands but CLAY_SOURCE_BANDS (band_names) lists "
+                             f"{len(names)} ({','.join(names)}); list one name per band, in file order")
+        wanted = list(bands) + ([self.qa_band] if self.qa_band and self.qa_band != "auto" else [])
         for b in wanted:
             if b not in names:
                 raise SceneError(
                     f"scene {ref.scene_id}: band {b!r} is missing from {path}, whose bands are "
-                    f"{names} (set band_names, or write band descriptions into the file)"
+                    f"{names}; set CLAY_SOURCE_BANDS (band_names) to the file's bands in order, or write "
+                    "band descriptions into the file"
+                    + ("; or unset CLAY_SOURCE_QA_BAND for nodata-only screening" if b == self.qa_band else "")
                 )
         return names
+
+    def _preset_names(self, count: int, path: str) -> list[str]:
+        """Band names of a file without descriptions: 4 bands are blue, green, red, NIR (the
+        Sentinel-2 10 m bands); as many as the platform has are in its order; else refused."""
+        from clay_core.platforms import get_platform
+
+        known = get_platform(self.platform).band_names
+        if count == len(known):
+            return list(known)
+        nir = next((b for b in ("nir", "nir08") if b in known), None)
+        if count == 4 and nir and all(b in known for b in ("blue", "green", "red")):
+            return ["blue", "green", "red", nir]
+        raise SceneError(
+            f"{path}: {count} bands without band descriptions, and {self.platform} has no preset for "
+            f"{count} bands; set CLAY_SOURCE_BANDS (band_names) to their names in file order, e.g. "
+            f"{','.join(known[:count])} (the {self.platform} bands are {','.join(known)})"
+        )
+
+    def _qa_for(self, available) -> str | None:
+        """The QA band used for a scene whose bands are ``available`` (``auto``: if present)."""
+        qa = self.qa_band
+        if qa == "auto":
+            qa = self._qa_name if self._qa_name in available else None
+        return qa
+
+    @property
+    def cloud_screening(self) -> str:
+        """The QA format, or ``"off"`` without a QA band; with ``qa_band="auto"``, from the
+        files: ``"partial"`` when only some scenes have one (see :meth:`cloud_screening_of`)."""
+        if self.qa_band != "auto":
+            return self.qa_format if self.qa_band else "off"
+        seen = {self.cloud_screening_of(SceneRef(f"{sc.tile}_{sc.date_token}", sc.tile, self.platform, sc.datetime,
+                                                 self._hrefs(sc))) for sc in self._scan().values()}
+        return seen.pop() if len(seen) == 1 else "partial" if seen else "off"
+
+    def cloud_screening_of(self, ref: SceneRef) -> str:
+        """What screens the clouds of one scene: the QA format, or ``"off"`` (nodata only)."""
+        if self.qa_band != "auto":
+            return self.cloud_screening
+        files = self._files_for(ref)
+        if not self.multiband:
+            return self.qa_format if self._qa_name in files else "off"
+        path = next(iter(files.values()))
+        with open_raster(path, f"scene {ref.scene_id}") as src:
+            names = self._multiband_names(ref, src, path, [])
+        return self.qa_format if self._qa_name in names else "off"
+
+    def _check_per_band(self, ref: SceneRef, bands: list[str], files: dict[str, str]) -> str | None:
+        for b in bands:
+            if b not in files:
+                raise self._missing(ref, b, files)
+        if self.qa_band and self.qa_band != "auto" and self.qa_band not in files:
+            raise self._missing(ref, self.qa_band, files, qa=True)
+        return self._qa_for(files)
 
     # ------------------------------------------------------------------ loading
 
@@ -336,19 +433,16 @@ class LocalRasterSource(SceneSource):
         return SceneError(
             f"scene {ref.scene_id}: {'QA ' if qa else ''}band {band!r} is missing -- no file for it "
             f"under {self.root} matching {self.pattern!r}; files found for the scene: {found} "
-            f"(bands {sorted(files)}); add the file, map its name with band_aliases"
-            + (", or set qa_band=None" if qa else "")
+            f"(bands {sorted(files)}); add the file or fix CLAY_SOURCE_PATTERN"
+            + (", or unset CLAY_SOURCE_QA_BAND (nodata-only screening)" if qa else "")
         )
 
     def _resampling(self, band: str) -> Resampling:
-        return resampling_for(band, self.qa_band, self.nearest_bands)
+        return resampling_for(band, self._qa_name, self.nearest_bands)
 
     def _load_per_band(self, ref, bands, files, grid):
-        for b in bands:
-            if b not in files:
-                raise self._missing(ref, b, files)
-        if self.qa_band and self.qa_band not in files:
-            raise self._missing(ref, self.qa_band, files, qa=True)
+        qa_band = self._check_per_band(ref, bands, files)
+
         def read(b: str) -> np.ndarray:
             with open_raster(files[b], f"band {b} of scene {ref.scene_id}", **self._open_options) as src:
                 return read_to_grid(src, grid, 1, self._resampling(b), self.nodata, files[b])
@@ -365,9 +459,9 @@ class LocalRasterSource(SceneSource):
                 data[i] = a
         else:
             data = np.zeros((0, grid.height, grid.width), dtype)
-        if self.qa_band:
-            path = files[self.qa_band]
-            with open_raster(path, f"QA band {self.qa_band} of scene {ref.scene_id}") as src:
+        if qa_band:
+            path = files[qa_band]
+            with open_raster(path, f"QA band {qa_band} of scene {ref.scene_id}") as src:
                 raw = read_to_grid(src, grid, 1, Resampling.nearest, qa_fill(self.qa_format), path)
                 qa = to_scl(raw, self.qa_format)
         else:
@@ -395,8 +489,9 @@ class LocalRasterSource(SceneSource):
                 data = large_empty((len(bands), grid.height, grid.width), dtype)
                 for r, pos in groups.items():
                     data[pos] = parts[r]
-            if self.qa_band:
-                raw = read_to_grid(src, grid, names.index(self.qa_band) + 1, Resampling.nearest,
+            qa_band = self._qa_for(names)
+            if qa_band:
+                raw = read_to_grid(src, grid, names.index(qa_band) + 1, Resampling.nearest,
                                    qa_fill(self.qa_format), path)  # fmt: skip
                 qa = to_scl(raw, self.qa_format)
             else:

@@ -3,6 +3,7 @@
 Modules, one thing each:
 
 ``server``       the embedded PostgreSQL server (start/stop, flavours, tuning, psql)
+``cluster``      its owner-only access: service user, private socket, SCRAM password file
 ``postmaster``   finding a running server from its ``postmaster.pid``
 ``urls``         connection strings: password redaction, parsing, SQLAlchemy URLs
 ``migrations``   the ``clay`` schema version by version (incl. ``clay.class_areas``)

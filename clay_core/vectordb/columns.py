@@ -17,7 +17,7 @@ from clay_core.errors import ConfigError
 from clay_core.vectordb.pgcopy import CopyColumn
 from clay_core.vectordb.rows import COLS, ROW_COLUMNS
 
-__all__ = ["HALF_MAX", "copy_columns", "to_float16"]
+__all__ = ["HALF_MAX", "copy_columns", "cosine_defined", "to_float16"]
 
 HALF_MAX = 65504.0  # the largest finite float16
 
@@ -59,15 +59,24 @@ def _checked_embeddings(partition_key: str, rows: pd.DataFrame, embeddings: np.n
     if missing:
         raise ConfigError(f"rows is missing required column(s) {missing}; has {list(rows.columns)}")
     emb = emb.astype(np.float32, copy=False)
-    finite = np.isfinite(emb).all(axis=1)
-    bad = np.flatnonzero(~finite | ~emb.any(axis=1))
+    bad = np.flatnonzero(~cosine_defined(emb))
     if bad.size:
         ids = rows["chip_id"].iloc[bad[:5]].tolist()
         raise ConfigError(
-            f"{bad.size} embedding(s) are zero or not finite (cosine similarity is undefined), "
-            f"e.g. chips {ids}"
+            f"{bad.size} embedding(s) are zero, not finite, or too large or small for float32 "
+            f"(cosine similarity is undefined), e.g. chips {ids}"
         )
     return emb
+
+
+def cosine_defined(emb: np.ndarray) -> np.ndarray:
+    """Per row of float32 ``emb`` [n, dim]: whether pgvector's cosine distance is a number.
+    pgvector sums the squares in float32: a zero vector, or one whose squared norm under- or
+    overflows float32 (|x| ~ 1e-23 or 1e19), gives NaN similarities."""
+    emb = np.asarray(emb, dtype=np.float32).reshape(len(emb), -1)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        sq = np.einsum("ij,ij->i", emb, emb, dtype=np.float32)
+    return np.isfinite(emb).all(axis=1) & np.isfinite(sq) & (sq > 0)
 
 
 def _check_half_range(emb: np.ndarray, rows: pd.DataFrame) -> None:

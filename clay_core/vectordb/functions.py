@@ -59,6 +59,11 @@ BEGIN
     RAISE EXCEPTION 'query vector has % dimensions, clay.observations.embedding has {dim}',
       vector_dims(query) USING ERRCODE = 'invalid_parameter_value';
   END IF;
+  -- pgvector gives NaN for a zero vector or one whose squared norm over/underflows float32
+  IF (query <=> query) = 'NaN'::float8 OR ({qv} <=> {qv}) = 'NaN'::float8 THEN
+    RAISE EXCEPTION 'query vector is zero or too large or small: cosine similarity is undefined'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
   IF k IS NULL OR k < 1 THEN
     RAISE EXCEPTION 'k must be a positive integer, got %', coalesce(k::text, 'NULL')
       USING ERRCODE = 'invalid_parameter_value';

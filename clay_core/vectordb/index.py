@@ -53,8 +53,7 @@ class IndexMixin:
 
     def drop_index(self) -> None:
         """Drop the HNSW index (before a bulk load; ``rebuild_index`` builds it again)."""
-        with self._errors("dropping the HNSW index"):
-            self._cursor().execute(f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}")
+        self._locked_ddl("dropping the HNSW index", [f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}"])
 
     def rebuild_index(self, m: int | None = None, ef_construction: int | None = None, *,
                       maintenance_work_mem: str | None = None,
@@ -78,6 +77,7 @@ class IndexMixin:
         t0 = time.perf_counter()
         with self._errors("rebuilding the HNSW index"), self._conn.transaction():
             cur = self._cursor()
+            self._set_lock_timeout(cur)
             if parallel_workers is not None:
                 cur.execute("SELECT set_config('max_parallel_maintenance_workers', %s, true)",
                             (str(int(parallel_workers)),))
@@ -102,6 +102,27 @@ class IndexMixin:
             cur.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
             cur.execute(create_index_sql(m, ef_construction, storage))
 
+    @staticmethod
+    def _bulk_running(cur) -> bool:
+        """Whether a bulk_load of a live session has the filter/HNSW indexes dropped (then
+        ensure_schema must not build them under it; a dead session's drop is to be undone)."""
+        cur.execute("SELECT EXISTS (SELECT 1 FROM clay.meta m JOIN pg_stat_activity a "
+                    "ON a.pid::text = m.value WHERE m.key = 'bulk_load_pid')")
+        return bool(cur.fetchone()[0])
+
+    def _set_lock_timeout(self, cur) -> None:
+        """In the caller's transaction: fail after ``self.lock_timeout`` waiting for a lock."""
+        cur.execute("SELECT set_config('lock_timeout', %s, true)",
+                    (f"{int(self.lock_timeout * 1000)}ms",))
+
+    def _locked_ddl(self, action: str, statements: list[str]) -> None:
+        """``statements`` in one transaction that waits at most ``lock_timeout`` for locks."""
+        with self._errors(action), self._conn.transaction():
+            cur = self._cursor()
+            self._set_lock_timeout(cur)
+            for stmt in statements:
+                cur.execute(stmt)
+
     @contextlib.contextmanager
     def bulk_load(self, **index_kwargs) -> Iterator[VectorStore]:
         """``with store.bulk_load(): store.load_partition(...)...`` for backfills: the HNSW index
@@ -114,25 +135,43 @@ class IndexMixin:
         build at the end commits synchronously and so flushes them all.  A server crash inside
         the block can lose the last partitions reported loaded: re-run the backfill.  The
         indexes are rebuilt (and the table analyzed) even when the block raises, which takes
-        minutes at millions of rows.
+        minutes at millions of rows; when that fails too (the connection is gone), the block's
+        own error is raised (the rebuild's is logged) and the next ``ensure_schema`` builds
+        the indexes again (``clay.meta`` records the bulk load's session, so they are not
+        built under a live one).
         """
         # the rebuilt index keeps the dropped one's parameters unless new ones are given
         index_kwargs = {**(self.index_params() or {}), **index_kwargs}
+        failed = False
         try:
             self._bulk = True
-            self.drop_index()
-            with self._errors("dropping the filter indexes for a bulk load"):
-                for name, _ in FILTER_INDEXES:
-                    self._cursor().execute(f"DROP INDEX IF EXISTS clay.{name}")
+            self._locked_ddl("dropping the indexes for a bulk load", [
+                "INSERT INTO clay.meta VALUES ('bulk_load_pid', pg_backend_pid()::text) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}",
+                *(f"DROP INDEX IF EXISTS clay.{name}" for name, _ in FILTER_INDEXES),
+            ])
             yield self
+        except BaseException:
+            failed = True
+            raise
         finally:
             self._bulk = False
-            with self._errors("rebuilding the filter indexes"):
-                for _, ddl in FILTER_INDEXES:
-                    self._cursor().execute(ddl)
-            storage = self.table_storage() or self.storage
-            if self.dim <= max_index_dim(storage):  # else there was no HNSW index to rebuild
-                self.rebuild_index(**index_kwargs)
-            with self._errors("analyzing clay.observations after a bulk load"):
-                # fresh statistics: the filtered searches steer ef_search from row estimates
-                self._cursor().execute("ANALYZE clay.observations")
+            try:
+                self._finish_bulk_load(index_kwargs)
+            except Exception as exc:  # noqa: BLE001 - never hide the block's own error
+                if not failed:
+                    raise
+                _log.error("bulk_load: rebuilding the indexes after the failure failed too "
+                           "(%s); the next VectorStore.ensure_schema() builds them", exc)
+
+    def _finish_bulk_load(self, index_kwargs: dict) -> None:
+        self._locked_ddl("rebuilding the filter indexes", [ddl for _, ddl in FILTER_INDEXES])
+        storage = self.table_storage() or self.storage
+        if self.dim <= max_index_dim(storage):  # else there was no HNSW index to rebuild
+            self.rebuild_index(**index_kwargs)
+        with self._errors("analyzing clay.observations after a bulk load"):
+            # fresh statistics: the filtered searches steer ef_search from row estimates
+            cur = self._cursor()
+            cur.execute("ANALYZE clay.observations")
+            cur.execute("DELETE FROM clay.meta WHERE key = 'bulk_load_pid'")

@@ -12,8 +12,9 @@ Layout (schema ``clay``)::
     clay.class_areas      per partition, date and class: the area a task head predicts
 
 Migrations are applied in order, each once, in the transaction of
-``VectorStore.ensure_schema`` under a session-wide advisory lock (:data:`ADVISORY_LOCK`), so
-concurrent processes never run one twice.  :func:`ensure_class_areas` applies the class-areas
+``VectorStore.ensure_schema`` under a transaction-level advisory lock (:data:`ADVISORY_LOCK`),
+so concurrent processes never run one twice; the wait for it is bounded (``lock_timeout``), so a
+session that holds it (any role can take an advisory lock) makes schema work fail, not hang.  :func:`ensure_class_areas` applies the class-areas
 migration alone: its writer needs the table but not the embedding dimension.
 """
 
@@ -243,6 +244,8 @@ def ensure_class_areas(conn) -> None:
             return
     with conn.transaction():
         cur = conn.cursor()
+        # a session holding the lock (a reader, a stuck client) must not stall the writer
+        cur.execute("SELECT set_config('lock_timeout', '30s', true)")
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
         prepare_schema(cur)
         for stmt in _class_areas_ddl():

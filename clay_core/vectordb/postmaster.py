@@ -65,18 +65,20 @@ def is_postgres(pid: int, pgdata: Path) -> bool:
     return "postgres" in name and str(pgdata) in cmd  # postmaster runs as postgres -D <pgdata>
 
 
-def _uri(info: dict) -> str:
+def _uri(info: dict, extra: str) -> str:
+    tail = f"&{extra}" if extra else ""
     if info["socket_dir"]:
         host = quote(info["socket_dir"], safe="/")
-        return f"postgresql://postgres@/postgres?host={host}&port={info['port']}"
+        return f"postgresql://postgres@/postgres?host={host}&port={info['port']}{tail}"
     host = info["host"] if info["host"] and info["host"] != "*" else "127.0.0.1"
-    return f"postgresql://postgres@{host}:{info['port']}/postgres"
+    return f"postgresql://postgres@{host}:{info['port']}/postgres" + (f"?{extra}" if extra else "")
 
 
-def running_url(pgdata: Path, wait: float = 0.0) -> str | None:
+def running_url(pgdata: Path, wait: float = 0.0, *, extra: str = "") -> str | None:
     """URI of the server running on ``pgdata`` if it accepts connections, else None.
 
     With ``wait`` > 0, waits that long for a server that is starting up (or recovering).
+    ``extra``: URI parameters to add (``passfile=...``).
     """
     deadline = time.monotonic() + wait
     while True:
@@ -84,7 +86,7 @@ def running_url(pgdata: Path, wait: float = 0.0) -> str | None:
         if info is None or not is_postgres(info["pid"], pgdata):
             return None
         if info["status"] == "ready":
-            url = _uri(info)
+            url = _uri(info, extra)
             try:
                 with psycopg.connect(url, connect_timeout=3) as conn:
                     conn.execute("SELECT 1")

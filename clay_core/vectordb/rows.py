@@ -80,8 +80,10 @@ def partition_rows(layout: Layout, pid: PartitionId, model_id: str) -> tuple[pd.
             "crs": index["crs"].astype(str),
             "cloud_fraction": index["cloud_fraction"].astype(float),
             "nodata_fraction": index["nodata_fraction"].astype(float),
-            "thumbnail_uri": index["thumbnail"].astype(str),
-            "cube_uri": index["cube_uri"].astype(str),
+            # The index stores locations relative to the layout root: the rows carry them resolved
+            # against the current root, so the database points at this root's files.
+            "thumbnail_uri": index["thumbnail"].astype(str).map(layout.locate),
+            "cube_uri": index["cube_uri"].astype(str).map(layout.locate),
             "model_id": model_id,
             "cosine_to_baseline": scores["cosine_to_baseline"].astype(float),
             "harmonic_deviation": scores["harmonic_deviation"].astype(float),

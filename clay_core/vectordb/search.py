@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from clay_core.errors import ConfigError
+from clay_core.vectordb.columns import cosine_defined
 
 __all__ = ["SearchMixin"]
 
@@ -104,6 +105,9 @@ class SearchMixin:
         v = np.asarray(vector, dtype=np.float32).reshape(-1)
         if v.shape[0] != self.dim:
             raise ConfigError(f"query vector has {v.shape[0]} dims, the store has {self.dim}")
+        if not cosine_defined(v[None])[0]:
+            raise ConfigError("the query vector is zero, not finite, or too large or small for "
+                              "float32: its cosine similarity to anything is undefined (NaN)")
         from pgvector import Vector
 
         return self._search(

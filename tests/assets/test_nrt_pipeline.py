@@ -31,8 +31,10 @@ def nrt_run(tmp_path_factory, pg_url):
     base = tmp_path_factory.mktemp("nrt")
     (base / "dagster").mkdir()
     env = dict(os.environ, CLAY_HOME=str(base / "clay"), DAGSTER_HOME=str(base / "dagster"), DATABASE_URL=pg_url,
-               CLAY_SOURCE="cube", CLAY_CUBE_PATH="nrt:", CLAY_TILES="34TER", CLAY_START="2015-07-27",
-               CLAY_END="2021-01-11", CLAY_CHIP_SIZE=str(CHIP), PYTHONPATH=str(ROOT))
+               CLAY_SOURCE="cube", CLAY_CUBE_PATH="nrt:", CLAY_CHIP_SIZE=str(CHIP), PYTHONPATH=str(ROOT))
+    # As the README says: CLAY_SOURCE=cube alone; tile (34TER) and weeks come from the cube.
+    for name in ("CLAY_TILES", "CLAY_AREA", "CLAY_START", "CLAY_END"):
+        env.pop(name, None)
     out = base / "result.json"
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "nrt_run.py"), str(out), "6"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)

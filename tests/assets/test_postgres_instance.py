@@ -11,7 +11,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from urllib.parse import urlsplit, urlunsplit
 
 from clay_assets.definitions import ALL_ASSETS
-from clay_assets.partitions import make_key
+from clay_assets.partitions import make_key, register_tiles
 from tests.support.pipeline import small_resources
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +35,7 @@ def test_materializations_are_recorded_in_postgres_instance(tmp_path, pg_url):
     inst = DagsterInstance.get()
     try:
         assert type(inst.run_storage).__name__ == "PostgresRunStorage"
+        register_tiles(inst, ["31UFU"])
         key = make_key("31UFU", "2024-01-01")
         res = small_resources(tmp_path / "clay", pg_url)
         assert materialize(ALL_ASSETS, selection=["raw_scenes"], partition_key=key, resources=res, instance=inst).success

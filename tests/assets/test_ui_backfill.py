@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance
 
+from clay_assets.partitions import register_tiles
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TILES = ["31UFU", "32UNB"]
@@ -63,6 +65,9 @@ def deployment(tmp_path_factory, pg_url):
     home.mkdir()
     dagster_home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    # the tile dimension is dynamic: register the tiles before the backfill names them
+    with DagsterInstance.from_config(str(dagster_home)) as inst:
+        register_tiles(inst, TILES)
     ws = base / "workspace.yaml"
     ws.write_text(
         f"load_from:\n  - python_file:\n      relative_path: {ROOT / 'tests' / 'support' / 'ui_defs.py'}\n"

@@ -13,6 +13,10 @@ from clay_assets.runner import materialize_graph
 
 
 def main(out_path: str, n_windows: int) -> None:
+    from clay_assets import config
+
+    cfg = config.current()
+    assert cfg.tiles == ("34TER",) and (cfg.start, cfg.end) == ("2015-07-27", "2021-01-04"), cfg
     source = scene_source_from_env()
     src = source.get_source()
     refs = src.list_scenes("34TER", datetime(2015, 1, 1, tzinfo=timezone.utc), datetime(2022, 1, 1, tzinfo=timezone.utc))

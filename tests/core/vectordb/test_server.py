@@ -3,7 +3,10 @@ tested in test_pgvector08.py, which needs the pixeltable package)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -16,7 +19,11 @@ def test_database_url_prefers_the_given_url_else_embedded(tmp_path):
     given = "postgresql://u:pw@example.invalid:5/x"
     assert database_url(tmp_path / "home", database_url=given) == given
     assert database_url(tmp_path / "home", database_url=f"  {given}\n") == given
-    home = tmp_path / "home"
+    # as root, postgres runs as 'pgserver', which cannot enter pytest's 0700 tmp_path (and
+    # start_embedded never widens it): a home under a traversable temp dir
+    base = Path(tempfile.mkdtemp(prefix="clay-test-url-"))
+    base.chmod(0o755)
+    home = base / "home"
     try:
         url = database_url(home)
         assert url.startswith("postgresql://") and (home / "pg" / "PG_VERSION").exists()
@@ -29,3 +36,4 @@ def test_database_url_prefers_the_given_url_else_embedded(tmp_path):
     finally:
         assert cdb.stop_embedded(home / "pg")
     assert not cdb.stop_embedded(home / "pg")
+    shutil.rmtree(base, ignore_errors=True)

@@ -1,7 +1,10 @@
-"""clay_core.vectordb against a real Postgres + pgvector (embedded pgserver, see conftest.pg_url).
+"""clay_core.vectordb against a real Postgres + pgvector (the embedded default server, see
+conftest.pg_url).
 
 Each test that writes gets its own database (``db_url``), so tests do not see each other's rows
-or schemas.  Exact answers are computed with numpy and compared with the SQL functions.
+or schemas.  Exact answers are computed with numpy (float32) and compared with the SQL functions,
+so the tables here store ``vector`` (float32); halfvec, the default for new tables, is tested in
+test_pgvector08.py.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from clay_core.errors import ConfigError, DatabaseError
 from tests.support.vectors import assert_same_result, exact_search
 
 DIM = 16
+STORAGE = "vector"  # float32, as numpy computes the exact answers
 TILES = ("31UFQ", "31UGQ")
 DAYS = tuple(date(2024, 5, 1) + timedelta(days=10 * i) for i in range(3))
 
@@ -101,7 +105,7 @@ def world(pg_url):
         conn.execute(f'CREATE DATABASE "{name}"')
     url = _with_db(pg_url, name)
     store = VectorStore(url, DIM)
-    store.ensure_schema()
+    store.ensure_schema(storage=STORAGE)
     frames, embs = [], []
     for t_i, tile in enumerate(TILES):
         for d_i, day in enumerate(DAYS):
@@ -133,13 +137,13 @@ def _query_vec(world, chip_id, day=None):
 
 def test_ensure_schema_is_idempotent(db_url):
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
+        store.ensure_schema(storage=STORAGE)
         assert store.schema_version() == max(v for v, _, _ in cdb.MIGRATIONS)
         assert store.index_params() == {"m": 16, "ef_construction": 64}
         assert store.count() == 0
     with VectorStore(db_url, DIM) as store:  # another connection: still fine, nothing duplicated
-        store.ensure_schema(m=8, ef_construction=32)
+        store.ensure_schema(storage=STORAGE, m=8, ef_construction=32)
         assert store.index_params() == {"m": 16, "ef_construction": 64}  # existing index kept
     versions = sql_rows(db_url, "SELECT version FROM clay.schema_version ORDER BY version")
     assert [v for (v,) in versions] == [v for v, _, _ in cdb.MIGRATIONS]
@@ -156,13 +160,13 @@ def test_ensure_schema_is_idempotent(db_url):
 
 def test_dimension_mismatch_is_a_clear_error(db_url):
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         with pytest.raises(ConfigError, match=r"\[3, 16\]"):
             store.load_partition("2024-05-01|31UFQ", chips_frame("31UFQ", DAYS[0], 3),
                                  np.ones((3, DIM + 1), np.float32))
     with VectorStore(db_url, 32) as other:
         with pytest.raises(DatabaseError, match=r"vector\(16\).*dim=32"):
-            other.ensure_schema()
+            other.ensure_schema(storage=STORAGE)
 
 
 def test_unreachable_database_names_target_not_password():
@@ -189,7 +193,7 @@ def test_unreachable_database_names_target_not_password():
 @pytest.mark.parametrize("staging", [True, False])
 def test_load_partition_and_count(staging, db_url):
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         f1, f2 = chips_frame("31UFQ", DAYS[0], 25), chips_frame("31UGQ", DAYS[0], 15, seed=1)
         s1 = store.load_partition(f"{DAYS[0]}|31UFQ", f1, random_embeddings(25, 1), staging=staging)
         store.load_partition(f"{DAYS[0]}|31UGQ", f2, random_embeddings(15, 2), staging=staging)
@@ -217,7 +221,7 @@ def test_load_partition_and_count(staging, db_url):
 def test_reload_replaces_rows_without_duplicates(staging, db_url):
     key = f"{DAYS[0]}|31UFQ"
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         store.load_partition(f"{DAYS[1]}|31UFQ", chips_frame("31UFQ", DAYS[1], 10),
                              random_embeddings(10, 9), staging=staging)
         f = chips_frame("31UFQ", DAYS[0], 30)
@@ -245,7 +249,7 @@ def test_reload_replaces_rows_without_duplicates(staging, db_url):
 def test_failure_between_delete_and_insert_keeps_old_rows(staging, db_url, monkeypatch):
     key = f"{DAYS[0]}|31UFQ"
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         old = chips_frame("31UFQ", DAYS[0], 12)
         store.load_partition(key, old, random_embeddings(12, 1), staging=staging)
 
@@ -272,7 +276,7 @@ def test_failure_between_delete_and_insert_keeps_old_rows(staging, db_url, monke
 def test_failure_inside_insert_keeps_old_rows(staging, db_url):
     key0, key1 = f"{DAYS[0]}|31UFQ", f"{DAYS[1]}|31UFQ"
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         store.load_partition(key0, chips_frame("31UFQ", DAYS[0], 8), random_embeddings(8, 1), staging=staging)
         store.load_partition(key1, chips_frame("31UFQ", DAYS[1], 8), random_embeddings(8, 2), staging=staging)
         # the new rows of key1 claim an observation that belongs to key0: the INSERT fails
@@ -290,7 +294,7 @@ def test_failure_inside_insert_keeps_old_rows(staging, db_url):
             store.load_partition(key0, wrong_key, random_embeddings(3, 4), staging=staging)
         zero = random_embeddings(3, 4)
         zero[1] = 0
-        with pytest.raises(ConfigError, match="zero or not finite"):
+        with pytest.raises(ConfigError, match="zero, not finite"):
             store.load_partition(key1, chips_frame("31UFQ", DAYS[1], 3), zero, staging=staging)
         assert store.count() == 16
 
@@ -414,7 +418,7 @@ def test_selective_filter_falls_back_to_exact(db_url):
               chips_frame(b, may, 12, seed=3), chips_frame(b, june, 300, seed=4)]
     embs = [random_embeddings(len(f), seed=20 + i) for i, f in enumerate(frames)]
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         for f, e in zip(frames, embs):
             store.load_partition(f["partition_key"][0], f, e)
         with psycopg.connect(db_url, autocommit=True) as conn:
@@ -461,7 +465,7 @@ def test_sql_injection_in_text_parameters_changes_nothing(world):
 def test_injection_in_load_partition_key(db_url):
     evil = "2024-05-01|31UFQ'; DROP TABLE clay.observations; --"
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         f = chips_frame("31UFQ", DAYS[0], 5)
         f["partition_key"] = evil
         f["chip_id"] = f["chip_id"] + "'); DELETE FROM clay.observations; --"
@@ -502,7 +506,7 @@ def test_reader_role_can_query_but_not_write(world):
 
 def test_rebuild_index_with_new_parameters(db_url):
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema(create_index=False)
+        store.ensure_schema(storage=STORAGE, create_index=False)
         assert store.index_params() is None
         f = chips_frame("31UFQ", DAYS[0], 60)
         e = random_embeddings(60, 5)
@@ -530,7 +534,7 @@ def test_concurrent_schema_creation_and_loads_of_one_partition(db_url):
         try:
             with VectorStore(db_url, DIM) as store:
                 barrier.wait()
-                store.ensure_schema()
+                store.ensure_schema(storage=STORAGE)
                 for i in range(4):
                     store.load_partition(key, chips_frame("31UFQ", DAYS[0], 30),
                                          random_embeddings(30, seed + i), staging=bool(i % 2))
@@ -558,7 +562,7 @@ def test_bulk_backfill_over_two_connections_restores_every_index(db_url):
     filter indexes are dropped during the loads and come back identical, and searches match
     exact numpy results afterwards."""
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema(m=8, ef_construction=40)
+        store.ensure_schema(storage=STORAGE, m=8, ef_construction=40)
         store.load_partition(f"{DAYS[0]}|31UFQ", chips_frame("31UFQ", DAYS[0], 5), random_embeddings(5, 0))
         before = _index_defs(db_url)
         assert {"observations_tile_acquired_idx", "observations_acquired_idx",
@@ -594,7 +598,7 @@ def test_bulk_backfill_over_two_connections_restores_every_index(db_url):
 
 def test_load_partitions_stops_at_the_first_bad_partition(db_url):
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         good = [(f"{day}|31UFQ", chips_frame("31UFQ", day, 20), random_embeddings(20, i))
                 for i, day in enumerate(DAYS)]
         bad = chips_frame("31UGQ", DAYS[0], 20)
@@ -612,7 +616,7 @@ def test_load_partitions_stops_at_the_first_bad_partition(db_url):
 def test_duplicate_check_finds_pairs_stored_twice_when_the_key_is_lost(db_url):
     k0, k1 = f"{DAYS[0]}|31UFQ", f"{DAYS[0]}|31UGQ"
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         store.load_partition(k0, chips_frame("31UFQ", DAYS[0], 6), random_embeddings(6, 1))
         store.load_partition(k1, chips_frame("31UGQ", DAYS[0], 6), random_embeddings(6, 2))
         assert store.duplicate_observations() == 0 and store.duplicate_observations(k0) == 0
@@ -635,7 +639,7 @@ def test_upgrade_from_schema_3_keeps_rows_grants_and_footprints(db_url, monkeypa
     SELECT on the view, and loads and searches work afterwards."""
     monkeypatch.setattr(migrations, "MIGRATIONS", [m for m in migrations.MIGRATIONS if m[0] <= 3])
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         assert store.schema_version() == 3
     emb = random_embeddings(4, 3)
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -651,7 +655,7 @@ def test_upgrade_from_schema_3_keeps_rows_grants_and_footprints(db_url, monkeypa
                  "[" + ",".join(map(str, emb[i])) + "]"))
         before = conn.execute("SELECT chip_id, geom_wkt FROM clay.chips ORDER BY chip_id").fetchall()
     with VectorStore(db_url, DIM) as store:
-        reader_url = store.create_reader_role("clay_old_reader")
+        reader_url = store.create_reader_role("clay_old_reader", "old-r3ader-pw")
     with psycopg.connect(db_url, autocommit=True) as conn:
         # a grant made by hand, not covered by the reader role's default privileges
         conn.execute("DROP ROLE IF EXISTS clay_hand_granted")
@@ -660,7 +664,7 @@ def test_upgrade_from_schema_3_keeps_rows_grants_and_footprints(db_url, monkeypa
         view_comment = conn.execute("SELECT obj_description('clay.chips'::regclass)").fetchone()[0]
     monkeypatch.undo()
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         assert store.schema_version() == max(v for v, _, _ in cdb.MIGRATIONS) >= 4
         assert store.count() == 4
         store.load_partition(f"{DAYS[0]}|31UFQ", chips_frame("31UFQ", DAYS[0], 3), random_embeddings(3, 4))
@@ -698,7 +702,7 @@ def test_bulk_loads_skip_the_commit_flush_and_plain_loads_keep_the_setting(db_ur
 
     monkeypatch.setattr(VectorStore, "_before_insert", spy)
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         store._conn.execute("SET synchronous_commit = remote_apply")
         store.load_partition(f"{DAYS[0]}|31UFQ", chips_frame("31UFQ", DAYS[0], 5), random_embeddings(5, 1))
         with store.bulk_load():
@@ -711,7 +715,7 @@ def test_bulk_loads_skip_the_commit_flush_and_plain_loads_keep_the_setting(db_ur
 
 def test_load_partitions_over_two_connections_stops_on_any_failure(db_url):
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema()
+        store.ensure_schema(storage=STORAGE)
         good = [(f"{day}|{tile}", chips_frame(tile, day, 15), random_embeddings(15, i))
                 for i, (day, tile) in enumerate((d, t) for d in DAYS for t in TILES)]
 
@@ -755,7 +759,7 @@ def test_load_partitions_over_two_connections_stops_on_any_failure(db_url):
 
 def test_bulk_load_restores_indexes_when_its_block_fails(db_url):
     with VectorStore(db_url, DIM) as store:
-        store.ensure_schema(m=8, ef_construction=40)
+        store.ensure_schema(storage=STORAGE, m=8, ef_construction=40)
         before = _index_defs(db_url)
         with pytest.raises(ZeroDivisionError):
             with store.bulk_load():
