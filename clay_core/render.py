@@ -99,8 +99,7 @@ def intensity_map(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, flag: n
     grid[rows, cols] = np.nan_to_num(np.asarray(score, float))
     side = max(3.0, min(8.0, 0.45 * max(h, w) + 2.0))
     fig, ax = plt.subplots(figsize=(side + 1.4, side), dpi=max(60, cell * 6))
-    cmap = matplotlib.colormaps["magma"].copy()
-    cmap.set_bad("#d0d0d0")  # chips not observed in the window
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="#d0d0d0")  # grey: chips not observed in the window
     im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
     for r, c, f in zip(rows, cols, np.asarray(flag, bool)):
         if f:

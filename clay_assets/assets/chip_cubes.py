@@ -25,6 +25,7 @@ from dagster import (
 
 from clay_assets.metadata import histogram_md, image_md
 from clay_assets.partitions import scene_partitions
+from clay_assets.errors import no_retry_for_config_errors
 from clay_assets.resources import ChipSettings, ClayHome, SceneSourceResource
 from clay_assets.versions import chips_code_version, digest
 from clay_core.chips import make_chip_cube
@@ -51,11 +52,12 @@ def chip_cubes(
     params = chip_settings.params()
     pid = PartitionId.parse(context.partition_key)
     # Local rasters are streamed chip row by chip row straight from the files; other sources load each scene.
-    res = make_chip_cube(
-        home.layout, pid, source.get_source(), params, list(source.bands),
-        cube_location=home.cube_location(pid.tile, pid.window) if home.cubes_uri else None,
-        storage_options=home.storage_options(), log=context.log.info,
-    )  # fmt: skip
+    with no_retry_for_config_errors():
+        res = make_chip_cube(
+            home.layout, pid, source.get_source(), params, list(source.bands),
+            cube_location=home.cube_location(pid.tile, pid.window) if home.cubes_uri else None,
+            storage_options=home.storage_options(), log=context.log.info,
+        )  # fmt: skip
     cloud, nodata = res.cloud_fraction, res.nodata_fraction
     md = {
         "chips": res.chips,

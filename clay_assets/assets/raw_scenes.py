@@ -11,6 +11,7 @@ import time
 from dagster import AssetExecutionContext, BackfillPolicy, Backoff, MaterializeResult, MetadataValue, RetryPolicy, asset
 
 from clay_assets.partitions import scene_partitions
+from clay_assets.errors import no_retry_for_config_errors
 from clay_assets.resources import ClayHome, SceneSourceResource
 from clay_core.sources import record_partition_scenes
 from clay_core.types import PartitionId
@@ -28,7 +29,8 @@ from clay_core.types import PartitionId
 def raw_scenes(context: AssetExecutionContext, home: ClayHome, source: SceneSourceResource) -> MaterializeResult:
     t0 = time.perf_counter()
     pid = PartitionId.parse(context.partition_key)
-    listing = record_partition_scenes(home.layout, pid, source.get_source())
+    with no_retry_for_config_errors():
+        listing = record_partition_scenes(home.layout, pid, source.get_source())
     n = len(listing.refs)
     context.log.info(f"{pid.tile} {pid.window}: {n} acquisition(s)" + ("" if n else " — empty window"))
     return MaterializeResult(

@@ -58,6 +58,8 @@ def test_unknown_tile_is_a_clear_error(tmp_path, pg_url, instance):
     msg = str(r.get_step_failure_events()[0].event_specific_data.error)
     assert "32UNB" in msg and "CLAY_TILES" in msg
     assert not (res["home"].layout.partition("raw", "32UNB", "2024-01-01")).exists()
+    # a configuration error is not retried (the step's retry policy is for I/O errors)
+    assert [e for e in r.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"] == []
 
 
 def test_invalid_configured_tile_fails_at_load():

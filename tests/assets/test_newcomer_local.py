@@ -2,8 +2,8 @@
 
 The files have no band descriptions, no QA band and no tile in their names: one GeoTIFF per
 date in a temp folder, in UTM 31N inside MGRS tile 31UFU (north of Amsterdam). The platform
-is configured only through environment variables (as a user would), materialized through
-the real runner, and checked independently: chip ids carry the tile, chip centres lie inside
+is configured only through environment variables (as a user would), materialized with
+`clay-assets run --area … --from … --to …`, and checked independently: chip ids carry the tile, chip centres lie inside
 the tile's footprint (computed here with pyproj from the tile's own grid), the partition is
 recorded without cloud screening, and a similarity search in Postgres returns the chips.
 """
@@ -22,9 +22,7 @@ from clay_assets import config
 from clay_assets.partitions import register_tiles, window_partitions
 from clay_core.errors import ConfigError, UnknownTileError
 from clay_core.sources import CubeSource
-from clay_assets.resources import ClayModel
 from clay_assets.resources.build import build_resources
-from clay_assets.runner import materialize_graph
 from clay_core.chips import open_cube
 from clay_core.encoder.model import PRESETS
 from clay_core.tiles import s2_tile_grid
@@ -66,22 +64,27 @@ def newcomer(tmp_path_factory, pg_url):
     e, n = to_ll.transform(X0 + N * 10 - 200, Y0 - 200)
     env = {"CLAY_HOME": str(base / "clay"), "CLAY_SOURCE": "local", "CLAY_SOURCE_ROOT": str(folder),
            "CLAY_SOURCE_PATTERN": "S2_{date}.tif", "CLAY_AREA": f"{w},{s},{e},{n}", "CLAY_CHIP_SIZE": "64",
-           "CLAY_DEVICE": "cpu"}
+           "CLAY_DEVICE": "cpu", "DATABASE_URL": pg_url, "DAGSTER_HOME": str(base / "dagster")}
     cfg = config.load(env)
     assert cfg.tiles == (TILE,)
-    resources = build_resources(cfg=cfg, database_url=pg_url,
-                                model=ClayModel(preset="tiny", device="cpu", batch_size=8))
+    # The newcomer's command, as the README gives it: the area's windows, oldest first.
+    from clay_assets import cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        code = cli.main(["run", "--area", f"{w},{s},{e},{n}", "--from", "2024-01-01", "--to", "2024-01-14",
+                         "--quiet"])
+        resources = build_resources(cfg=config.current())
     from dagster import DagsterInstance
 
-    (base / "dagster").mkdir()
-    instance = DagsterInstance.local_temp(str(base / "dagster"))
-    summary = materialize_graph(list(cfg.tiles), WINDOWS, resources, instance)
-    yield {"summary": summary, "resources": resources, "instance": instance, "pg_url": pg_url}
+    instance = DagsterInstance.from_config(str(base / "dagster"))
+    yield {"code": code, "resources": resources, "instance": instance, "pg_url": pg_url}
     instance.dispose()
 
 
 def test_the_graph_runs_on_plain_geotiffs(newcomer):
-    assert newcomer["summary"].failures == []
+    assert newcomer["code"] == 0  # clay-assets run: every run succeeded
     assert newcomer["instance"].get_dynamic_partitions("tiles") == [TILE]  # registered by the runner
     # no QA band anywhere: nodata-only screening, and the source says so
     assert newcomer["resources"]["source"].get_source().cloud_screening == "off"
