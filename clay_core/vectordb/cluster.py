@@ -41,6 +41,7 @@ __all__ = [
     "SERVICE_USER",
     "Owner",
     "check_reachable",
+    "reachable_bin_dir",
     "cluster_owner",
     "hba_trusts",
     "initdb",
@@ -104,15 +105,65 @@ def _run(owner: Owner, argv: list[str], *, timeout: float = 120) -> str:
         return out.read()
 
 
+# Root-owned and not writable by anyone else: a copy of the binaries the service user may run.
+BIN_CACHE = Path("/var/cache/clay-assets")
+
+
+def _can_exec(owner: Owner, target: Path) -> bool:
+    probe = subprocess.run(["test", "-x", str(target)], user=owner.uid, group=owner.gid, extra_groups=[], cwd="/",
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def reachable_bin_dir(bin_dir: Path, owner: Owner) -> Path:
+    """``bin_dir``, or, when the service user cannot reach it (a virtualenv under a private
+    home such as /root), the same PostgreSQL install copied once into :data:`BIN_CACHE`.
+
+    Copying, rather than opening a permission on the user's folders, keeps every parent
+    directory as it is; the copy is root's and read-only to everyone else.
+    """
+    if not owner.switch or _can_exec(owner, bin_dir / "postgres"):
+        return bin_dir
+    import hashlib
+    import shutil
+
+    # The install (bin/, lib/, share/) and, beside its package, the wheel's bundled shared
+    # libraries (the binaries' RPATH is $ORIGIN/../../../<package>.libs): copy both, same layout.
+    install, package = bin_dir.parent, bin_dir.parent.parent
+    st = (bin_dir / "postgres").stat()
+    key = hashlib.sha256(f"{install}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    # the package's name stays in the path: the running flavour is read from the executable's path
+    target = BIN_CACHE / key
+    new_bin = target / package.name / install.name / "bin"
+    if not (new_bin / "postgres").is_file():
+        BIN_CACHE.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=BIN_CACHE))
+        shutil.copytree(install, tmp / "copy" / package.name / install.name, symlinks=True)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / "copy" / libs.name, symlinks=True)
+        for d in [tmp / "copy", *(p for p in (tmp / "copy").rglob("*") if p.is_dir())]:
+            os.chmod(d, 0o755)
+        try:
+            os.replace(tmp / "copy", target)  # atomic: a concurrent starter sees all or nothing
+        except OSError:
+            if not (new_bin / "postgres").is_file():
+                raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    info = BIN_CACHE.stat()
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise ConfigError(f"{BIN_CACHE} must be owned by root and writable by nobody else; it holds the "
+                          "PostgreSQL binaries the embedded server runs")
+    return new_bin
+
+
 def check_reachable(pgdata: Path, owner: Owner, bin_dir: Path) -> None:
     """ConfigError unless ``owner`` can run the binaries and reach ``pgdata`` (never chmod)."""
     if not owner.switch:
         return
     for target, what in ((bin_dir / "postgres", "run the PostgreSQL binaries in"),
                          (pgdata.parent, "reach the data directory through")):
-        probe = subprocess.run(["test", "-x", str(target)], user=owner.uid, group=owner.gid,
-                               extra_groups=[], cwd="/", capture_output=True)
-        if probe.returncode != 0:
+        if not _can_exec(owner, target):
             blocker = _first_closed(target, owner)
             raise ConfigError(
                 f"the embedded PostgreSQL server runs as the unprivileged user {owner.name!r} when "

