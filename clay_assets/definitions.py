@@ -8,18 +8,27 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, define_asset_job, multiprocess_executor
 
 from clay_assets import config
-from clay_assets.assets.change_scores import change_scores
-from clay_assets.assets.chip_cubes import chip_cubes
-from clay_assets.assets.embeddings import embeddings
-from clay_assets.assets.head_model import head_model
-from clay_assets.assets.head_predictions import head_predictions
-from clay_assets.assets.pca import pca
-from clay_assets.assets.raw_scenes import raw_scenes
-from clay_assets.assets.vectors import vectors
-from clay_assets.automation import SENSORS, incremental_job, newest_window_schedule
-from clay_assets.partitions import scene_partitions
-from clay_assets.resources import SceneSourceResource
-from clay_assets.resources.build import build_resources, scene_source
+from clay_core.errors import ConfigError
+
+# Settings first: a bad value fails the load with its one-line message, before any asset
+# module is imported (and without a stack of our own modules above it).
+try:
+    CONFIG = config.current()
+except ConfigError as exc:
+    raise ConfigError(str(exc)) from None
+
+from clay_assets.assets.change_scores import change_scores  # noqa: E402
+from clay_assets.assets.chip_cubes import chip_cubes  # noqa: E402
+from clay_assets.assets.embeddings import embeddings  # noqa: E402
+from clay_assets.assets.head_model import head_model  # noqa: E402
+from clay_assets.assets.head_predictions import head_predictions  # noqa: E402
+from clay_assets.assets.pca import pca  # noqa: E402
+from clay_assets.assets.raw_scenes import raw_scenes  # noqa: E402
+from clay_assets.assets.vectors import vectors  # noqa: E402
+from clay_assets.automation import SENSORS, incremental_job, newest_window_schedule  # noqa: E402
+from clay_assets.partitions import scene_partitions  # noqa: E402
+from clay_assets.resources import SceneSourceResource  # noqa: E402
+from clay_assets.resources.build import build_resources, scene_source  # noqa: E402
 
 __all__ = ["defs", "ALL_ASSETS", "PER_SCENE_UPSTREAM", "PER_SCENE_DOWNSTREAM", "build_resources",
            "scene_source_from_env", "pca"]
@@ -34,7 +43,6 @@ def scene_source_from_env() -> SceneSourceResource:
     return scene_source(config.current())
 
 
-CONFIG = config.current()
 # Every process that loads the code location (run workers too) sees the same sensor registry.
 config.configure_process(CONFIG)
 
