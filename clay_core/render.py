@@ -8,32 +8,48 @@ import io
 import numpy as np
 from PIL import Image
 
-__all__ = ["rgb_image", "png_bytes", "mosaic", "intensity_map", "series_plot"]
+__all__ = ["rgb_image", "stretch_limits", "png_bytes", "mosaic", "intensity_map", "series_plot"]
 
 # Cyan stays visible on every colour of the magma map (white vanished on its bright end).
 FLAG_COLOUR = "#00e5ff"
 
 
-def rgb_image(pixels: np.ndarray, bands: list[str], rgb: tuple[str, str, str] = ("red", "green", "blue"),
-              scale: float | None = None, size: int | None = 64, percentiles: tuple[float, float] = (2.0, 98.0)
-              ) -> np.ndarray:
-    """uint8 RGB [h, w, 3] of one chip.
-
-    By default each chip is stretched between the ``percentiles`` of its own red/green/blue
-    values: real scenes (dark forest, a few hundred DN) then look like something, where a fixed
-    0..3000 stretch left them nearly black. ``scale`` gives the old fixed linear stretch
-    0..scale instead (comparable brightness across chips).
-    """
+def _rgb_index(bands: list[str], rgb: tuple[str, str, str]) -> list[int]:
     idx = [bands.index(b) for b in rgb if b in bands]
-    if len(idx) != 3:
-        idx = [0, 0, 0]
-    data = pixels[idx].astype(np.float32)
+    return idx if len(idx) == 3 else [0, 0, 0]
+
+
+def stretch_limits(pixels: np.ndarray, bands: list[str], rgb: tuple[str, str, str] = ("red", "green", "blue"),
+                   percentiles: tuple[float, float] = (2.0, 98.0), sample: int = 200_000) -> tuple[float, float]:
+    """(low, high) for :func:`rgb_image`: the ``percentiles`` of the red/green/blue values of
+    chips [n, band, y, x] (nodata zeros left out), from an even sample.
+
+    One pair for a whole partition keeps chips comparable (water stays darker than bare soil)
+    while a real scene of a few hundred DN still fills the range.
+    """
+    data = np.asarray(pixels)[:, _rgb_index(bands, rgb)].ravel()
+    data = data[:: max(1, data.size // sample)].astype(np.float32)
+    valid = data[np.isfinite(data) & (data > 0)]
+    if not valid.size:
+        return 0.0, 1.0
+    lo, hi = np.percentile(valid, percentiles)
+    return float(lo), max(float(hi), float(lo) + 1.0)
+
+
+def rgb_image(pixels: np.ndarray, bands: list[str], rgb: tuple[str, str, str] = ("red", "green", "blue"),
+              scale: float | None = None, size: int | None = 64, limits: tuple[float, float] | None = None
+              ) -> np.ndarray:
+    """uint8 RGB [h, w, 3] of one chip [band, y, x], stretched linearly between ``limits``.
+
+    ``limits`` default to :func:`stretch_limits` of this chip alone (give a partition's to
+    keep chips comparable); ``scale`` gives a fixed 0..scale stretch instead. A fixed 0..3000
+    stretch left real scenes (dark forest, a few hundred DN) nearly black.
+    """
+    data = pixels[_rgb_index(bands, rgb)].astype(np.float32)
     if scale is not None:
         lo, hi = 0.0, float(scale)
     else:
-        valid = data[np.isfinite(data) & (data > 0)]
-        lo, hi = (np.percentile(valid, percentiles) if valid.size else (0.0, 1.0))
-        hi = max(float(hi), float(lo) + 1.0)
+        lo, hi = limits if limits is not None else stretch_limits(pixels[None], bands, rgb)
     img = np.clip((data - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8).transpose(1, 2, 0)
     if size and img.shape[0] > size:
         step = img.shape[0] // size

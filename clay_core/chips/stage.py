@@ -16,7 +16,7 @@ from clay_core.chips.chipper import chip_source_scene
 from clay_core.chips.chipset import ChipParams, ChipSet
 from clay_core.chips.cube import to_dataset, write_cube
 from clay_core.chips.index import thumb_name, write_index
-from clay_core.render import mosaic, png_bytes, rgb_image
+from clay_core.render import mosaic, png_bytes, rgb_image, stretch_limits
 from clay_core.sources.base import SceneSource
 from clay_core.sources.stage import read_partition_scenes
 from clay_core.storage import CHIPS, Layout, atomic_dir, write_manifest
@@ -127,8 +127,9 @@ def _write_thumbnails(chips: ChipSet, tmp: Path, final: Path) -> tuple[list[str]
     """One RGB PNG per chip under ``tmp/thumbs``; returns their final paths and the images."""
     (tmp / "thumbs").mkdir()
     names, images = [], []
+    limits = stretch_limits(chips.pixels, chips.bands)  # one stretch per partition: chips stay comparable
     for i, row in chips.meta.iterrows():
-        img = rgb_image(chips.pixels[i], chips.bands)
+        img = rgb_image(chips.pixels[i], chips.bands, limits=limits)
         name = thumb_name(row["chip_id"], row["datetime"])
         (tmp / "thumbs" / name).write_bytes(png_bytes(img))
         names.append(str(final / "thumbs" / name))

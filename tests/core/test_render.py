@@ -5,7 +5,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from clay_core.render import FLAG_COLOUR, intensity_map, mosaic, rgb_image
+from clay_core.render import FLAG_COLOUR, intensity_map, mosaic, rgb_image, stretch_limits
 
 BANDS = ["blue", "green", "red", "nir"]
 
@@ -25,6 +25,15 @@ def test_thumbnails_of_dark_scenes_are_stretched_not_black():
     assert fixed.mean() < 40  # what a 0..3000 stretch made of real scenes
     assert stretched.mean() > 90 and stretched.std() > 30
     assert stretched.shape == (64, 64, 3) and stretched.dtype == np.uint8
+
+
+def test_one_partition_stretch_keeps_dark_chips_darker_than_bright_ones():
+    dark, bright = _dark_forest_chip(1), _dark_forest_chip(2)
+    bright[:3] = (bright[:3] * 3).astype(np.uint16)  # bare soil: three times the reflectance
+    limits = stretch_limits(np.stack([dark, bright]), BANDS)
+    d, b = rgb_image(dark, BANDS, limits=limits), rgb_image(bright, BANDS, limits=limits)
+    assert b.mean() > d.mean() + 60  # per-chip stretches would make both look alike
+    assert abs(rgb_image(dark, BANDS).mean() - rgb_image(bright, BANDS).mean()) < 15
 
 
 def test_stretch_survives_a_constant_or_empty_chip():
