@@ -30,10 +30,9 @@ from dagster import (
 
 from clay_assets import config
 from clay_core.tiles import parse_tile
-from clay_core.types import PartitionId
 
 __all__ = ["TILES_DIMENSION", "window_partitions", "tile_partitions", "date_partitions", "scene_partitions", "register_tiles",
-           "partition_id", "make_key"]
+           "make_key"]
 
 TILES_DIMENSION = "tiles"
 
@@ -65,11 +64,6 @@ def register_tiles(instance: DagsterInstance, tiles: Iterable[str]) -> list[str]
     if new:
         instance.add_dynamic_partitions(TILES_DIMENSION, new)
     return new
-
-
-def partition_id(key: str | MultiPartitionKey) -> PartitionId:
-    """The ``PartitionId`` of a multi-partition key (``context.partition_key``)."""
-    return PartitionId.parse(str(key))
 
 
 def make_key(tile: str, window: str) -> MultiPartitionKey:

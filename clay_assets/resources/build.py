@@ -13,6 +13,7 @@ from dagster import EnvVar
 
 from clay_assets.config import ClayConfig, current
 from clay_assets.resources.change import ChangeSettings
+from clay_assets.resources.heads import heads_resources
 from clay_assets.resources.model import ClayModel
 from clay_assets.resources.sources import (
     CubeSourceResource,
@@ -62,8 +63,6 @@ def build_resources(
     cfg: ClayConfig | None = None,
 ) -> dict:
     """Every resource of the code location; arguments override the configuration (tests)."""
-    from clay_assets.resources.heads import heads_resources
-
     cfg = cfg or current()
     root = Path(home).resolve() if home else cfg.home
     return {

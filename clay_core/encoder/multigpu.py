@@ -39,6 +39,16 @@ _client: Any = None
 _cluster: Any = None
 
 
+def _optional(module: str, name: str, fix: str) -> Any:
+    """``module.name`` of the optional 'gpu' extra, or a ConfigError that says how to get it."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(f"multi-GPU embedding needs {module} (the 'gpu' extra): {fix}") from exc
+
+
 def get_client(scheduler_address: str | None = None) -> Any:
     """A process-wide ``distributed.Client``: the scheduler at ``scheduler_address`` (the
     deployment's ``DASK_SCHEDULER_ADDRESS``) or, without one, a LocalCUDACluster."""
@@ -46,23 +56,14 @@ def get_client(scheduler_address: str | None = None) -> Any:
     with _lock:
         if _client is not None:
             return _client
-        try:
-            from distributed import Client
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ConfigError(
-                "multi-GPU embedding needs the 'gpu' extra (dask-cuda, distributed): "
-                "pip install 'clay-assets[gpu]', or pass device='cuda:0' to use one GPU"
-            ) from exc
+        Client = _optional("distributed", "Client", "pip install 'clay-assets[gpu]', or pass device='cuda:0' to use "
+                           "one GPU")
         if scheduler_address:
             _client = Client(scheduler_address)
         else:
-            try:
-                from dask_cuda import LocalCUDACluster
-            except ImportError as exc:  # pragma: no cover - depends on the install
-                raise ConfigError(
-                    "multi-GPU embedding needs dask-cuda: pip install 'clay-assets[gpu]', "
-                    "give the address of an existing cluster (DASK_SCHEDULER_ADDRESS), or pass device='cuda:0'"
-                ) from exc
+            LocalCUDACluster = _optional("dask_cuda", "LocalCUDACluster", "pip install 'clay-assets[gpu]', give the "
+                                         "address of an existing cluster (DASK_SCHEDULER_ADDRESS), or pass "
+                                         "device='cuda:0'")
             # One single-threaded worker per GPU: a GPU runs one task at a time.
             _cluster = LocalCUDACluster(threads_per_worker=1)
             _client = Client(_cluster)
