@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HarmonicFit", "design_times_coef", "fit_harmonic", "harmonic_design"]
+__all__ = ["BatchFit", "HarmonicFit", "design_times_coef", "fit_harmonic", "fit_harmonic_batch", "harmonic_design"]
 
 _MAD_TO_SD = 1.4826  # median |N(0, 1)| -> sd
 _HUBER_C = 1.345
@@ -133,30 +133,62 @@ def _choose_model(
     return 0, False
 
 
-def _wls(X: np.ndarray, Y: np.ndarray, W: np.ndarray, ridge: float) -> np.ndarray:
-    """Weighted ridge least squares, one weight column per feature. Returns ``[p, F]``.
+def _sum_axis1(a: np.ndarray) -> np.ndarray:
+    """Sum over axis 1, one row after another: the same rounding whatever the array's shape,
+    memory layout or batch size (numpy's own reductions switch to pairwise summation on
+    contiguous axes), so a chip fitted alone and the same chip fitted in a batch agree bit
+    for bit."""
+    out = a[:, 0].copy()
+    for i in range(1, a.shape[1]):
+        out += a[:, i]
+    return out
 
-    The normal equations are accumulated with plain elementwise numpy reductions (no BLAS
-    matmul/einsum, whose summation order can depend on memory layout), so identical inputs
-    give bit-identical coefficients however the arrays were created (batch vs JSON state).
+
+def _design_batch(t: np.ndarray, h: int, trend: bool, t0: np.ndarray) -> np.ndarray:
+    """:func:`harmonic_design` for a batch: ``t`` ``[C, n]``, ``t0`` ``[C]`` -> ``[C, n, p]``."""
+    cols = [np.ones_like(t)]
+    if trend:
+        cols.append(t - t0[:, None])
+    for k in range(1, int(h) + 1):
+        w = 2.0 * np.pi * k * t
+        cols.append(np.cos(w))
+        cols.append(np.sin(w))
+    return np.stack(cols, axis=-1)
+
+
+def _predict_batch(X: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """``X [C, n, p] @ coef [C, p, F]`` as an explicit sum over the (few) columns."""
+    out = X[:, :, 0:1] * coef[:, None, 0]
+    for j in range(1, X.shape[2]):
+        out = out + X[:, :, j : j + 1] * coef[:, None, j]
+    return out
+
+
+def _wls(X: np.ndarray, Y: np.ndarray, W: np.ndarray, ridge: float) -> np.ndarray:
+    """Weighted ridge least squares, one weight column per feature, for a batch of series:
+    ``X [C, n, p]``, ``Y`` and ``W`` ``[C, n, F]``. Returns ``[C, p, F]``.
+
+    The normal equations are accumulated with explicit row-by-row sums (no BLAS matmul or
+    einsum, whose summation order depends on memory layout), and each ``p x p`` system is
+    solved on its own, so a series gets bit-identical coefficients alone or in any batch.
     """
-    n, p = X.shape
-    F = Y.shape[1]
-    A = np.empty((F, p, p))
-    b = np.empty((F, p))
+    C, _, p = X.shape
+    F = Y.shape[2]
+    A = np.empty((C, F, p, p))
+    b = np.empty((C, F, p))
     for i in range(p):
-        WXi = W * X[:, i : i + 1]
-        b[:, i] = np.sum(WXi * Y, axis=0)
+        WXi = W * X[:, :, i : i + 1]
+        b[:, :, i] = _sum_axis1(WXi * Y)
         for j in range(i, p):
-            A[:, i, j] = A[:, j, i] = np.sum(WXi * X[:, j : j + 1], axis=0)
+            A[:, :, i, j] = A[:, :, j, i] = _sum_axis1(WXi * X[:, :, j : j + 1])
     penalty = np.eye(p)
     penalty[0, 0] = 0.0  # never shrink the level
-    A = A + (ridge * np.sum(W, axis=0))[:, None, None] * penalty + 1e-12 * np.eye(p)
-    return np.ascontiguousarray(np.linalg.solve(A, b[..., None])[..., 0].T)
+    A = A + (ridge * _sum_axis1(W))[:, :, None, None] * penalty + 1e-12 * np.eye(p)
+    return np.ascontiguousarray(np.swapaxes(np.linalg.solve(A, b[..., None])[..., 0], 1, 2))
 
 
 def _robust_scale(R: np.ndarray, floor: float) -> np.ndarray:
-    return np.maximum(_MAD_TO_SD * np.median(np.abs(R), axis=0), floor)
+    return np.maximum(_MAD_TO_SD * np.median(np.abs(R), axis=1), floor)
 
 
 def _finite_rows(t_years: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -178,37 +210,88 @@ def _irls(
     X: np.ndarray, Y: np.ndarray, coef: np.ndarray, ridge: float, min_rmse: float,
     max_iter: int, tol: float,
 ) -> np.ndarray:
-    """Huber then Tukey-bisquare reweighting from the least-squares ``coef``, per feature."""
-    p = X.shape[1]
+    """Huber then Tukey-bisquare reweighting from the least-squares ``coef``, per feature, for
+    a batch ``[C, ...]``; each series stops when its own coefficients converge."""
+    p = X.shape[2]
+    coef = coef.copy()
+    active = np.arange(X.shape[0])
     for it in range(max_iter):
-        R = Y - design_times_coef(X, coef)
-        s = _robust_scale(R, max(min_rmse, 1e-12))
+        Xa, Ya, ca = X[active], Y[active], coef[active]
+        R = Ya - _predict_batch(Xa, ca)
+        s = _robust_scale(R, max(min_rmse, 1e-12))[:, None, :]
         if it < _N_HUBER:
             W = np.minimum(1.0, _HUBER_C * s / np.maximum(np.abs(R), 1e-300))
         else:
             u = R / (_BISQUARE_C * s)
             W = np.where(np.abs(u) < 1.0, (1.0 - u**2) ** 2, 0.0)
         # a feature with (almost) all weights zero would be singular: fall back to OLS
-        bad = W.sum(axis=0) < p
-        if np.any(bad):
-            W[:, bad] = 1.0
-        new = _wls(X, Y, W, ridge)
-        delta = np.max(np.abs(new - coef))
-        coef = new
-        if it >= _N_HUBER and delta <= tol * (1.0 + np.max(np.abs(coef))):
-            break
+        bad = _sum_axis1(W) < p
+        W = np.where(bad[:, None, :], 1.0, W)
+        new = _wls(Xa, Ya, W, ridge)
+        delta = np.max(np.abs(new - ca), axis=(1, 2))
+        coef[active] = new
+        if it >= _N_HUBER:
+            active = active[delta > tol * (1.0 + np.max(np.abs(new), axis=(1, 2)))]
+            if not len(active):
+                break
     return coef
 
 
 def _residual_scale(R: np.ndarray, p: int, robust: bool, min_rmse: float) -> np.ndarray:
-    """Per-feature scale of the final residuals, corrected for the fitted degrees of freedom."""
-    n = R.shape[0]
+    """Per-feature scale of the final residuals ``[C, n, F]``, corrected for the fitted degrees
+    of freedom."""
+    n = R.shape[1]
     if robust:
         dof = math.sqrt(n / (n - p)) if n > p else 1.0
-        scale = _MAD_TO_SD * np.median(np.abs(R), axis=0) * dof
+        scale = _MAD_TO_SD * np.median(np.abs(R), axis=1) * dof
     else:
-        scale = np.sqrt(np.sum(R**2, axis=0) / (n - p if n > p else n))
+        scale = np.sqrt(_sum_axis1(R**2) / (n - p if n > p else n))
     return np.maximum(scale, min_rmse)
+
+
+@dataclass(eq=False)
+class BatchFit:
+    """:func:`fit_harmonic_batch`'s result: one model for ``C`` series of ``n`` observations."""
+
+    coef: np.ndarray  # [C, n_coef, F]
+    rmse: np.ndarray  # [C, F]
+    t0: np.ndarray  # [C]
+    t_min: np.ndarray  # [C]
+    t_max: np.ndarray  # [C]
+    n_obs: int
+    n_harmonics_used: int
+    trend: bool
+
+    def predict(self, t_years: np.ndarray) -> np.ndarray:
+        """``[C, m, F]`` model values at ``t_years`` ``[C, m]``."""
+        X = _design_batch(np.asarray(t_years, np.float64), self.n_harmonics_used, self.trend, self.t0)
+        return _predict_batch(X, self.coef)
+
+
+def fit_harmonic_batch(t_years: np.ndarray, Y: np.ndarray, *args: Any, **kwargs: Any) -> BatchFit:
+    """:func:`fit_harmonic` of ``C`` series at once (same arguments): ``t_years`` ``[C, n]``,
+    ``Y`` ``[C, n, F]``, all finite, the same number ``n`` of observations each (so one model).
+    A series gets the same coefficients, bit for bit, in any batch: :func:`fit_harmonic` is
+    this with ``C = 1``."""
+    return _fit_batch(t_years, Y, *args, **kwargs)
+
+
+def _fit_batch(
+    t_years: np.ndarray, Y: np.ndarray, n_harmonics: int = 1, trend: bool = False, robust: bool = True,
+    ridge: float = 1e-3, *, min_rmse: float = 1e-6, min_obs_per_coef: float = 3.0, max_iter: int = 50,
+    tol: float = 1e-10,
+) -> BatchFit:
+    t = np.asarray(t_years, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    C, n = t.shape
+    h, tr = _choose_model(n, n_harmonics, trend, min_obs_per_coef)
+    t0 = _sum_axis1(t) / n
+    X = _design_batch(t, h, tr, t0)
+    coef = _wls(X, Y, np.ones_like(Y), ridge)
+    if robust and n > X.shape[2]:
+        coef = _irls(X, Y, coef, ridge, min_rmse, max_iter, tol)
+    rmse = _residual_scale(Y - _predict_batch(X, coef), X.shape[2], robust, min_rmse)
+    return BatchFit(coef, rmse, t0, t.min(axis=1), t.max(axis=1), int(n), int(h), bool(tr))
 
 
 def fit_harmonic(
@@ -256,15 +339,9 @@ def fit_harmonic(
         ValueError: no finite observation, or mismatched shapes.
     """
     t, Y, univariate = _finite_rows(t_years, y)
-    n = Y.shape[0]
-    h, tr = _choose_model(n, n_harmonics, trend, min_obs_per_coef)
-    t0 = float(np.mean(t))
-    X = harmonic_design(t, h, tr, t0)
-    coef = _wls(X, Y, np.ones_like(Y), ridge)
-    if robust and n > X.shape[1]:
-        coef = _irls(X, Y, coef, ridge, min_rmse, max_iter, tol)
-    rmse = _residual_scale(Y - design_times_coef(X, coef), X.shape[1], robust, min_rmse)
+    b = fit_harmonic_batch(t[None], Y[None], n_harmonics, trend, robust, ridge, min_rmse=min_rmse,
+                           min_obs_per_coef=min_obs_per_coef, max_iter=max_iter, tol=tol)
     return HarmonicFit(
-        coef=coef, rmse=rmse, n_obs=int(n), n_harmonics_used=int(h), trend=bool(tr), t0=t0,
-        univariate=univariate, t_min=float(t.min()), t_max=float(t.max()),
+        coef=b.coef[0], rmse=b.rmse[0], n_obs=b.n_obs, n_harmonics_used=b.n_harmonics_used, trend=b.trend,
+        t0=float(b.t0[0]), univariate=univariate, t_min=float(b.t_min[0]), t_max=float(b.t_max[0]),
     )

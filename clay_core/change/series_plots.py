@@ -1,8 +1,10 @@
 """PC1 time series of single chips, as PNGs: what a person checks a flagged chip against.
 
-Each plot shows the chip's first principal component over every window so far, the
-observations flagged in any window (earlier change partitions and the current scores) in
-red, and the detector's fitted harmonic baseline dashed once the chip has one.
+Each plot shows the chip's first principal component over its last ``SERIES_KEEP``
+observations, the observations flagged in their window in red, and the detector's fitted
+harmonic baseline dashed once the chip has one. The series is carried per chip (``ser_``
+columns of the change partition's :class:`~clay_core.change.carry.ChipTable`), so drawing it
+reads no earlier partition.
 """
 
 from __future__ import annotations
@@ -10,61 +12,54 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
-from clay_core.change.pca import PcaBasis
-from clay_core.change.state import ChangeState
+from clay_core.change.batch_detector import state_of
+from clay_core.change.carry import ChipTable
+from clay_core.change.params import DetectorParams
 from clay_core.change.timeutil import to_decimal_years
 from clay_core.render import series_plot
-from clay_core.storage import CHANGE, Layout
-from clay_core.types import Observations, PartitionId
 
-__all__ = ["pc1_series_pngs"]
+__all__ = ["SERIES_KEEP", "append_series", "pc1_series_pngs", "series_columns"]
 
-
-def _flagged(layout: Layout, pid: PartitionId, scores: pd.DataFrame) -> set[tuple[str, np.datetime64]]:
-    """(chip id, date) of every flagged observation in earlier change partitions and ``scores``."""
-    flagged = set()
-    for w in layout.windows(CHANGE, pid.tile):
-        p = layout.partition(CHANGE, pid.tile, w) / "scores.parquet"
-        if w < pid.window and p.is_file():
-            f = pd.read_parquet(p, columns=["chip_id", "datetime", "change_flag"])
-            flagged |= {(c, np.datetime64(t, "ns")) for c, t in zip(f["chip_id"], f["datetime"][f["change_flag"]])}
-    flagged |= {(c, np.datetime64(t, "ns")) for c, t, fl in zip(scores["chip_id"], scores["datetime"], scores["change_flag"])
-                if fl}
-    return flagged
+SERIES_KEEP = 156  # observations per chip drawn: three years of weekly windows
+_SER = ["ser_ns", "ser_pc1", "ser_flag"]
 
 
-def _baseline(state: dict | None, dates: np.ndarray) -> np.ndarray | None:
-    """The detector's fitted baseline of the first feature at ``dates``, if it has one."""
-    fit = ChangeState.from_dict(state).fit if state is not None else None
-    if fit is None:
-        return None
-    values = fit.predict(to_decimal_years(list(pd.to_datetime(dates).to_pydatetime())))
-    return np.asarray(values).reshape(len(dates), -1)[:, 0]
+def series_columns() -> dict[str, np.ndarray]:
+    return {"ser_n": np.zeros(0, np.int64), "ser_ns": np.zeros((0, 0), np.int64),
+            "ser_pc1": np.zeros((0, 0), np.float32), "ser_flag": np.zeros((0, 0), bool)}
 
 
-def pc1_series_pngs(
-    layout: Layout,
-    pid: PartitionId,
-    chip_ids: Sequence[str],
-    observations: Observations,
-    basis: PcaBasis,
-    states: dict[str, dict],
-    scores: pd.DataFrame,
-) -> list[tuple[str, bytes]]:
-    """``(chip id, PNG)`` for each of ``chip_ids``; ``observations`` hold the tile's history up
-    to and including the window, ``states`` the detector states after it."""
-    pc1 = basis.transform(observations.vectors)[:, 0]
-    flagged = _flagged(layout, pid, scores)
+def append_series(tab: ChipTable, rows: np.ndarray, rank: np.ndarray, ns: np.ndarray, pc1: np.ndarray,
+                  flag: np.ndarray) -> None:
+    """Append the window's observations (oldest first; ``rank``: position among the chip's
+    observations in the window), dropping a chip's oldest beyond ``SERIES_KEEP``."""
+    for r in range(int(rank.max()) + 1 if len(rank) else 0):
+        sel = np.flatnonzero(rank == r)
+        g = rows[sel]
+        full = g[tab["ser_n"][g] >= SERIES_KEEP]
+        for k in _SER:
+            tab[k][full, :-1] = tab[k][full, 1:]
+        tab["ser_n"][full] -= 1
+        pos = tab["ser_n"][g]
+        tab.widen(_SER, int(pos.max()) + 1)
+        tab["ser_ns"][g, pos], tab["ser_pc1"][g, pos], tab["ser_flag"][g, pos] = ns[sel], pc1[sel], flag[sel]
+        tab["ser_n"][g] = pos + 1
+
+
+def pc1_series_pngs(tab: ChipTable, chip_ids: Sequence[str], detector: DetectorParams) -> list[tuple[str, bytes]]:
+    """``(chip id, PNG)`` for each of ``chip_ids``, from the carried series and detector state."""
     out = []
     for cid in chip_ids:
-        m = observations.chip_id == cid
-        order = np.argsort(observations.datetime[m])
-        dates = observations.datetime[m][order]
-        flags = np.array([(cid, np.datetime64(t, "ns")) in flagged for t in dates])
-        fit_values = _baseline(states.get(cid), dates)
-        png = series_plot(dates, pc1[m][order], flags, f"{cid} PC1", dates if fit_values is not None else None,
-                          fit_values)
+        i = int(np.searchsorted(tab.chip_id.astype(str), cid))
+        n = int(tab["ser_n"][i])
+        dates = tab["ser_ns"][i, :n].astype("datetime64[ns]")
+        fit = state_of(tab, i, detector).fit
+        fit_values = None
+        if fit is not None:
+            values = fit.predict(to_decimal_years(list(dates.astype("datetime64[us]").tolist())))
+            fit_values = np.asarray(values).reshape(n, -1)[:, 0]
+        png = series_plot(dates, tab["ser_pc1"][i, :n], tab["ser_flag"][i, :n], f"{cid} PC1",
+                          dates if fit_values is not None else None, fit_values)
         out.append((cid, png))
     return out

@@ -9,29 +9,41 @@ history (:mod:`clay_core.change.scores`), advances each chip's persistent-change
                           /events.parquet     events confirmed by this window
                           /intensity.png      change-intensity map of the chip grid
                           /chips.geojson      chip polygons with their scores
-                          /detector_state.json
+                          /carry.npz          per chip what the next window needs (carry.py)
+                          /carry.json         the basis, parameters and window it was made with
                           /manifest.json
+
+The incremental path reads the current window's embeddings and the previous change
+partition's carry, nothing older. Without a usable carry (none yet, another PCA version or
+other parameters, or embedding windows scored since) the earlier windows are replayed from
+their embeddings with the same per-window step, and the result says how many and why.
 """
 
 from __future__ import annotations
 
+import json
+import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from clay_core.change.batch_detector import detector_columns
+from clay_core.change.carry import CarryHeader, ChipTable, load_carry, read_header, save_carry
 from clay_core.change.params import ChangeParams
 from clay_core.change.pca import PcaBasis, fit_incremental, next_version, set_current
-from clay_core.change.scores import score_partition, top_changed
-from clay_core.change.series_plots import pc1_series_pngs
-from clay_core.change.tracking import EventTracking, advance_events, previous_states, replay_windows, save_states
+from clay_core.change.scores import score_columns, score_window, top_changed, window_order
+from clay_core.change.series_plots import append_series, pc1_series_pngs, series_columns
+from clay_core.change.tracking import advance_events
 from clay_core.render import intensity_map
 from clay_core.storage import (CHANGE, CHIPS, EMBEDDINGS, Layout, atomic_dir, check_finite, nonfinite_rows,
                                 read_manifest, write_manifest)
 from clay_core.types import Observations, PartitionId
 
-__all__ = ["ChangeResult", "PcaFit", "fit_pca", "read_window", "score_change"]
+__all__ = ["ChangeResult", "PcaFit", "fit_pca", "new_table", "previous_carry", "read_window", "score_change", "step_window"]
 
 MIN_PCA_COMPONENTS = 8  # fitted whatever number of components the scores use
 SERIES_PLOTS = 3  # most-changed chips whose PC1 series are drawn
@@ -131,6 +143,7 @@ class ChangeResult:
     intensity_png: bytes | None = None
     geojson: str | None = None
     series_pngs: tuple[tuple[str, bytes], ...] = ()  # (chip id, PC1 series PNG), most changed first
+    replay_reason: str | None = None  # why earlier windows were replayed from their embeddings
 
     @property
     def geojson_path(self) -> Path:
@@ -141,21 +154,57 @@ class ChangeResult:
         return top_changed(self.scores, n)
 
 
-def _score_window(
-    current: Observations, history: list[Observations], states: dict[str, dict], basis: PcaBasis,
-    params: ChangeParams,
-) -> tuple[pd.DataFrame, EventTracking]:
-    """Per-date scores joined with the detector's, and the detector advanced by the window."""
-    hist = Observations.concat(history, current.vectors.shape[1])
-    scores = score_partition(current, hist, basis.transform, params)
+def params_record(params: ChangeParams) -> dict[str, Any]:
+    """``params`` as JSON-safe data: a carry is continued only under equal records."""
+    rec = {f.name: getattr(params, f.name) for f in fields(params) if f.name != "detector"}
+    return {**rec, "detector": params.detector.to_dict()}
+
+
+def new_table(dim: int, params: ChangeParams) -> ChipTable:
+    """An empty carry: no chips, every column."""
+    cols = {**score_columns(dim, params), **detector_columns(params.n_components, params.detector),
+            **series_columns()}
+    return ChipTable(np.array([], dtype=object), cols)
+
+
+def step_window(
+    tab: ChipTable, current: Observations, basis: PcaBasis, params: ChangeParams
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One window: per-date scores joined with the detector's, and the events it confirmed;
+    ``tab`` is advanced past the window. A replay is this, window after window."""
     pcs = basis.transform(current.vectors)[:, : params.n_components]
-    tracked = advance_events(states, current, pcs, params.detector)
+    scores = score_window(tab, current, pcs, params)
+    tracked = advance_events(tab, current, pcs, params.detector)
     # one row per chip observation: a window with two acquisitions has two rows per chip
     scores = scores.merge(tracked.scores, on=["chip_id", "datetime"], how="left")
     for i in range(min(3, pcs.shape[1])):
         scores[f"pc{i + 1}"] = pcs[:, i]
     scores["pca_version"] = basis.version
-    return scores, tracked
+    order, rank = window_order(current)
+    append_series(tab, tab.rows(current.chip_id[order]), rank, current.datetime[order].astype(np.int64),
+                  pcs[order, 0], scores["change_flag"].to_numpy(bool)[order])
+    return scores, tracked.events
+
+
+def previous_carry(
+    layout: Layout, pid: PartitionId, pca_version: int, params: ChangeParams
+) -> tuple[ChipTable | None, CarryHeader | None, str | None]:
+    """``(table, header, None)`` from the newest earlier change partition of the tile when its
+    carry continues under this basis and these parameters, else ``(None, None, why not)``."""
+    earlier = [w for w in layout.windows(CHANGE, pid.tile) if w < pid.window]
+    if not earlier:
+        return None, None, "no earlier change partition"
+    d = layout.partition(CHANGE, pid.tile, earlier[-1])
+    try:
+        header = read_header(d)
+        if header is None:
+            return None, None, f"change partition {earlier[-1]} has no carry"
+        if not header.continues(pca_version, params_record(params)):
+            return None, None, (f"the carry of {earlier[-1]} was made with PCA v{header.pca_version} "
+                                f"(now v{pca_version}) or other change parameters")
+        return load_carry(d), header, None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # damaged: rebuilt from the embeddings
+        return None, None, f"the carry of {earlier[-1]} is unreadable ({type(e).__name__}: {e})"
 
 
 def _write_maps(tmp: Path, layout: Layout, pid: PartitionId, scores: pd.DataFrame) -> tuple[bytes, str]:
@@ -170,49 +219,83 @@ def _write_maps(tmp: Path, layout: Layout, pid: PartitionId, scores: pd.DataFram
                         merged["change_flag"].to_numpy(), title=f"change score {pid.tile} {pid.window}", chip_m=chip_m)
     (tmp / "intensity.png").write_bytes(png)
     grid = index[["chip_id", "geometry"]].drop_duplicates("chip_id")
-    geojson = grid.merge(scores[GEOJSON_COLUMNS], on="chip_id").to_json(na="null")
+    geojson = feature_collection(grid.merge(scores[GEOJSON_COLUMNS], on="chip_id"))
     (tmp / "chips.geojson").write_text(geojson)
     return png, geojson
+
+
+def feature_collection(gdf) -> str:
+    """``gdf.to_json(na="null")``'s GeoJSON, with the geometries written by shapely in one
+    vectorized call (geopandas builds a Python dict per feature: half a partition's time at
+    1,764 chips)."""
+    import shapely
+
+    props = gdf.drop(columns="geometry").astype(object)
+    props = props.where(props.notna(), None).to_dict(orient="records")
+    geoms = shapely.to_geojson(gdf.geometry.values)
+    features = ", ".join(f'{{"id": {json.dumps(str(i))}, "type": "Feature", "properties": {json.dumps(p)}, '
+                         f'"geometry": {g}}}' for i, p, g in zip(gdf.index, props, geoms))
+    crs = json.loads(gdf.iloc[:0].to_json()).get("crs")  # geopandas' rule: named unless EPSG:4326
+    tail = f', "crs": {json.dumps(crs)}' if crs else ""
+    return f'{{"type": "FeatureCollection", "features": [{features}]{tail}}}'
+
+
+def _history(
+    layout: Layout, pid: PartitionId, basis: PcaBasis, params: ChangeParams, dim: int
+) -> tuple[ChipTable, int, int, str | None]:
+    """The carry continued up to the window: ``(table, windows with observations, replayed
+    windows, why a replay was needed)``. Reads earlier embeddings only to replay them."""
+    tab, header, reason = previous_carry(layout, pid, basis.version, params)
+    start = header.window if header else None
+    todo = [w for w in layout.windows(EMBEDDINGS, pid.tile) if w < pid.window and (start is None or w > start)]
+    if header is not None and todo:
+        reason = f"embedding window(s) {todo[0]}..{todo[-1]} were not scored since {start}"
+    tab = tab if tab is not None else new_table(dim, params)
+    with_obs, replayed = header.windows_with_obs if header else 0, 0
+    for w in todo:
+        obs = read_window(layout, pid.tile, w)
+        if obs is None:
+            continue
+        check_finite(obs.vectors, obs.chip_id, f"change scores of {pid.key}: embeddings of {pid.tile} {w}",
+                     f"re-materialize embeddings for {w}|{pid.tile}")
+        step_window(tab, obs, basis, params)
+        with_obs, replayed = with_obs + 1, replayed + 1
+    return tab, with_obs, replayed, reason if replayed else None
 
 
 def score_change(layout: Layout, pid: PartitionId, basis: PcaBasis, params: ChangeParams) -> ChangeResult:
     """Score one tile x window partition and write it atomically (see the module docstring).
 
-    The detector starts from the state saved with the newest earlier change partition made
-    with the same basis and detector parameters, and replays the earlier windows scored
-    since (all of history after a PCA refit or a parameter change).
+    Continues the carry of the newest earlier change partition when it was made with the same
+    basis and parameters; otherwise, and for embedding windows not scored since, replays
+    earlier windows from their embeddings (``replayed_windows``, ``replay_reason``).
     """
-    earlier = [w for w in layout.windows(EMBEDDINGS, pid.tile) if w < pid.window]
-    by_window = {w: read_window(layout, pid.tile, w) for w in earlier}  # read each store once
-    history = [o for o in by_window.values() if o is not None]
     current = read_window(layout, pid.tile, pid.window)
-    for w, obs in [*by_window.items(), (pid.window, current)]:
-        if obs is not None:  # NaN would become NaN scores and a poisoned detector state
-            check_finite(obs.vectors, obs.chip_id, f"change scores of {pid.key}: embeddings of {pid.tile} {w}",
-                         f"re-materialize embeddings for {w}|{pid.tile}")
-    states, upto = previous_states(layout, pid, basis.version, params.detector)
-    states, replayed = replay_windows(states, by_window, upto, basis, params)
+    if current is not None:  # NaN would become NaN scores and a poisoned detector state
+        check_finite(current.vectors, current.chip_id, f"change scores of {pid.key}: embeddings of {pid.tile} "
+                     f"{pid.window}", f"re-materialize embeddings for {pid.window}|{pid.tile}")
+    dim = current.vectors.shape[1] if current is not None else len(basis.mean)
+    tab, history, replayed, reason = _history(layout, pid, basis, params, dim)
 
     final = layout.partition_dir(CHANGE, pid)
     scores, events = pd.DataFrame(), pd.DataFrame()
     png = geojson = None
     with atomic_dir(final) as tmp:
         if current is not None:
-            scores, tracked = _score_window(current, history, states, basis, params)
-            states, events = tracked.states, tracked.events
+            scores, events = step_window(tab, current, basis, params)
             scores.to_parquet(tmp / "scores.parquet")
             events.assign(tile=pid.tile).to_parquet(tmp / "events.parquet")
             png, geojson = _write_maps(tmp, layout, pid, scores)
-        save_states(tmp, basis.version, params.detector, states)
+        header = CarryHeader(basis.version, params_record(params), pid.window, history + int(current is not None))
+        save_carry(tmp, tab, header)
         flagged = int(scores["change_flag"].sum()) if len(scores) else 0
         write_manifest(tmp, {"tile": pid.tile, "window": pid.window, "chips": int(len(scores)),
-                             "pca_version": basis.version, "flagged": flagged, "events": int(len(events))})
+                             "pca_version": basis.version, "flagged": flagged, "events": int(len(events)),
+                             "replayed_windows": replayed, "replay_reason": reason})
         files = tuple(final / p.relative_to(tmp) for p in sorted(tmp.rglob("*")) if p.is_file())
 
     series: list[tuple[str, bytes]] = []
     if len(scores):
-        top = top_changed(scores, SERIES_PLOTS)["chip_id"].tolist()
-        everything = Observations.concat([*history, current], current.vectors.shape[1])
-        series = pc1_series_pngs(layout, pid, top, everything, basis, states, scores)
-    return ChangeResult(pid, final, files, scores, events, flagged, basis.version, len(history), replayed,
-                        png, geojson, tuple(series))
+        series = pc1_series_pngs(tab, top_changed(scores, SERIES_PLOTS)["chip_id"].tolist(), params.detector)
+    return ChangeResult(pid, final, files, scores, events, flagged, basis.version, history, replayed,
+                        png, geojson, tuple(series), reason)

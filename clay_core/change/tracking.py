@@ -1,115 +1,70 @@
-"""Persistent change events carried from window to window: per-chip detector states.
+"""Persistent change events carried from window to window: every chip's detector, advanced by
+one window at a time on columnar state.
 
-Each chip's :class:`~clay_core.change.state.ChangeState` is advanced one window at a time by
-:func:`advance_events` and saved with the window's change partition (``detector_state.json``,
-with the PCA version and the detector parameters it was made with). A later window starts
-from the newest saved state made with the same basis and parameters and replays any earlier
-windows scored since, so processing windows one at a time gives the events a whole-series
-``detect_changes`` would.
+:func:`advance_events` feeds a window's observations (oldest first) to the detector columns
+(``det_``) of a :class:`~clay_core.change.carry.ChipTable`: one vectorized step per
+acquisition rank (a chip's first observation in the window, then its second...), so
+processing windows one at a time gives the events a whole-series ``detect_changes`` would.
+The table is saved with the window's change partition (``carry.npz``) and continued by the next.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from clay_core.change.detector import update
-from clay_core.change.params import ChangeParams, DetectorParams
-from clay_core.change.pca import PcaBasis
-from clay_core.change.state import ChangeState
-from clay_core.storage import CHANGE, Layout
-from clay_core.types import Observations, PartitionId
+from clay_core.change.batch_detector import detector_columns, step_detector
+from clay_core.change.carry import ChipTable
+from clay_core.change.params import DetectorParams
+from clay_core.change.scores import window_order
+from clay_core.types import Observations
 
-__all__ = [
-    "EVENT_COLUMNS", "STATE_FILE", "EventTracking", "advance_events", "previous_states", "replay_windows",
-    "save_states",
-]
+__all__ = ["EVENT_COLUMNS", "SCORE_COLUMNS", "EventTracking", "advance_events", "new_detector_table"]
 
-STATE_FILE = "detector_state.json"
 EVENT_COLUMNS = ["chip_id", "first_date", "confirmed_date", "magnitude", "signals", "n_obs_baseline"]
 SCORE_COLUMNS = ["chip_id", "datetime", "detector_score", "detector_exceeds", "detector_in_baseline"]
 
 
 @dataclass
 class EventTracking:
-    """Per-chip detector states after one window, and what this window added."""
+    """The detector columns after one window, and what this window added."""
 
-    states: dict[str, dict]  # chip_id -> ChangeState.to_dict()
+    states: ChipTable  # advanced in place
     events: pd.DataFrame  # events confirmed by this window's observations
     scores: pd.DataFrame  # chip_id, datetime, detector_score, detector_exceeds, detector_in_baseline
 
 
+def new_detector_table(n_features: int, detector: DetectorParams) -> ChipTable:
+    """A table with no chips and the detector's columns."""
+    return ChipTable(np.array([], dtype=object), detector_columns(n_features, detector))
+
+
 def advance_events(
-    states: dict[str, dict], obs: Observations, values: np.ndarray, detector: DetectorParams
+    states: ChipTable, obs: Observations, values: np.ndarray, detector: DetectorParams
 ) -> EventTracking:
-    """Feed one window's observations (oldest first) to each chip's detector state.
+    """Feed one window's observations (oldest first) to each chip's detector (``states`` is
+    advanced in place; chips seen for the first time start fresh).
 
     ``values`` are the series the detector watches (row-aligned with ``obs``; the first
-    principal components in the pipeline). A chip without a state starts one with
-    ``detector``. States round-trip through JSON, so processing windows one at a time gives
-    the events a whole-series ``detect_changes`` would (``tests/assets/test_change_pipeline.py``
-    checks it on the pipeline's own data).
+    principal components in the pipeline).
     """
-    new_states = dict(states)
-    events, scores = [], []
-    for i in np.argsort(obs.datetime, kind="stable"):
-        cid = str(obs.chip_id[i])
-        when = pd.Timestamp(obs.datetime[i]).to_pydatetime()
-        if cid in new_states:
-            state, new, sc = update(ChangeState.from_dict(new_states[cid]), when, values[i], True)
-        else:
-            state, new, sc = update(None, when, values[i], True, params=detector)
-        new_states[cid] = state.to_dict()
-        for e in new:
-            events.append((cid, e.first_date.date(), e.confirmed_date.date(), float(e.magnitude), list(e.signals),
-                           int(e.n_obs_baseline)))
-        scores.append((cid, obs.datetime[i], float(sc.score) if sc.score is not None else np.nan, bool(sc.exceeds),
-                       bool(sc.in_baseline)))
-    return EventTracking(
-        new_states, pd.DataFrame(events, columns=EVENT_COLUMNS), pd.DataFrame(scores, columns=SCORE_COLUMNS)
-    )
-
-
-def previous_states(
-    layout: Layout, pid: PartitionId, pca_version: int, detector: DetectorParams
-) -> tuple[dict[str, dict], str | None]:
-    """``(states, last window they include)`` from the newest earlier change partition of the
-    tile, if it used the same PCA basis and detector parameters; ``({}, None)`` otherwise."""
-    for w in reversed([w for w in layout.windows(CHANGE, pid.tile) if w < pid.window]):
-        path = layout.partition(CHANGE, pid.tile, w) / STATE_FILE
-        if path.is_file():
-            saved = json.loads(path.read_text())
-            if saved.get("pca_version") == pca_version and saved.get("detector") == detector.to_dict():
-                return saved["states"], w
-            return {}, None
-    return {}, None
-
-
-def replay_windows(
-    states: dict[str, dict],
-    windows: Mapping[str, Observations | None],
-    upto: str | None,
-    basis: PcaBasis,
-    params: ChangeParams,
-) -> tuple[dict[str, dict], int]:
-    """Advance ``states`` through the ``windows`` (oldest first) after ``upto`` (all when
-    ``None``); returns the states and how many windows with observations were replayed."""
-    replayed = 0
-    for w, obs in windows.items():
-        if (upto is None or w > upto) and obs is not None:
-            pcs = basis.transform(obs.vectors)[:, : params.n_components]
-            states = advance_events(states, obs, pcs, params.detector).states
-            replayed += 1
-    return states, replayed
-
-
-def save_states(directory: Path, pca_version: int, detector: DetectorParams, states: dict[str, dict]) -> Path:
-    """Write the states, with what they were made with, into a change partition directory."""
-    path = Path(directory) / STATE_FILE
-    path.write_text(json.dumps({"pca_version": pca_version, "detector": detector.to_dict(), "states": states}))
-    return path
+    order, rank = window_order(obs)
+    rows = states.rows(obs.chip_id[order])
+    us = obs.datetime[order].astype("datetime64[us]").astype(np.int64)
+    vals = np.asarray(values, np.float64)[order]
+    n = len(order)
+    score, exceeds, in_base = np.full(n, np.nan), np.zeros(n, bool), np.zeros(n, bool)
+    found: list[tuple[int, object]] = []
+    for r in range(int(rank.max()) + 1 if n else 0):
+        sel = np.flatnonzero(rank == r)
+        s, e, b, ev = step_detector(states, rows[sel], us[sel], vals[sel], detector)
+        score[sel], exceeds[sel], in_base[sel] = s, e, b
+        found.extend((int(sel[j]), event) for j, event in ev)
+    ids = obs.chip_id[order].astype(str)
+    events = [(ids[j], e.first_date.date(), e.confirmed_date.date(), float(e.magnitude), list(e.signals),
+               int(e.n_obs_baseline)) for j, e in sorted(found, key=lambda x: x[0])]
+    scores = pd.DataFrame({"chip_id": ids, "datetime": obs.datetime[order], "detector_score": score,
+                           "detector_exceeds": exceeds, "detector_in_baseline": in_base})
+    return EventTracking(states, pd.DataFrame(events, columns=EVENT_COLUMNS), scores)

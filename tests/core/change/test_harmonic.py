@@ -100,3 +100,23 @@ def test_harmonic_fit_round_trips_through_json():
     np.testing.assert_array_equal(back.coef, fit.coef)
     np.testing.assert_array_equal(back.rmse, fit.rmse)
     np.testing.assert_array_equal(back.predict(t), fit.predict(t))
+
+
+def test_batched_fit_equals_fitting_each_series_alone_bit_for_bit():
+    """The carried detector fits many chips' baselines at once; a chip must get exactly the
+    coefficients the scalar detector computes for it alone, whatever else is in the batch."""
+    from clay_core.change.harmonic import fit_harmonic_batch
+
+    rng = np.random.default_rng(11)
+    for n, F in ((3, 3), (12, 3), (14, 1)):
+        t = 2024.0 + np.sort(rng.random((40, n)), axis=1) * 1.3
+        Y = _truth(t)[..., None] + rng.standard_normal((40, n, F)) * 0.1
+        Y[::7, 0] += 5.0  # gross outliers: the robust iterations run to different lengths
+        batch = fit_harmonic_batch(t, Y)
+        part = fit_harmonic_batch(t[5:17], Y[5:17])
+        assert part.coef.tobytes() == batch.coef[5:17].tobytes()
+        for i in (0, 7, 39):
+            alone = fit_harmonic(t[i], Y[i])
+            assert alone.coef.tobytes() == batch.coef[i].tobytes()
+            assert alone.rmse.tobytes() == batch.rmse[i].tobytes() and alone.t0 == batch.t0[i]
+        assert np.median(np.abs(batch.coef[:, 0, 0] - 2.0)) < 0.3  # and it is a fit

@@ -1,77 +1,84 @@
-"""Tests of clay_core.change.tracking: per-chip detector states carried window to window."""
+"""Tests of clay_core.change.tracking: every chip's detector advanced window by window on
+columnar state, against the scalar detector on whole series."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from clay_core.change import ChangeParams, DetectorParams, PcaBasis, advance_events, detect_changes
-from clay_core.change.tracking import EVENT_COLUMNS, STATE_FILE, previous_states, replay_windows, save_states
-from clay_core.storage import Layout, write_manifest
-from clay_core.types import Observations, PartitionId, weekly_windows
+from clay_core.change import ChangeParams, DetectorParams, advance_events, detect_changes, score_series
+from clay_core.change.batch_detector import state_of
+from clay_core.change.carry import CarryHeader, ChipTable, load_carry, save_carry
+from clay_core.change.tracking import EVENT_COLUMNS, new_detector_table
+from clay_core.types import Observations, weekly_windows
 from tests.core.change.series import first_index_after, make_dates, seasonal
 
 DETECTOR = DetectorParams(baseline_obs=6, n_harmonics=0, k_consecutive=2, feature_names=("pc1", "pc2"))
+SEASONAL = DetectorParams(baseline_obs=8, baseline_years=0.3, k_consecutive=3, feature_names=("pc1", "pc2"))
 
 
-def _windows() -> dict[str, Observations]:
-    """Two chips observed weekly for a year, one with a step after ~7 months, by window."""
+def _windows(n_chips: int = 6) -> dict[str, Observations]:
+    """Chips observed weekly for a year (chip 0 skips every 5th week), every odd chip steps
+    after ~7 months, by window."""
     dates = make_dates(n_years=1.0, seed=5, drop=0.0, jitter=0)
-    values = {"a": seasonal(dates, n_features=2, seed=6), "b": seasonal(dates, n_features=2, seed=7)}
-    values["b"][first_index_after(dates, 0.6):] += [0.5, -0.4]
+    ids = [f"c{i}" for i in range(n_chips)]
+    values = {c: seasonal(dates, n_features=2, seed=6 + i) for i, c in enumerate(ids)}
+    for i, c in enumerate(ids):
+        if i % 2:
+            values[c][first_index_after(dates, 0.6):] += [0.5, -0.4]
     out = {}
-    for i, w in enumerate(weekly_windows(dates[0].date(), len(dates))):
-        out[w] = Observations(np.array(["a", "b"], dtype=object),
-                              np.array([dates[i], dates[i]], dtype="datetime64[ns]"),
-                              np.stack([values["a"][i], values["b"][i]]).astype(np.float32))
+    for k, w in enumerate(weekly_windows(dates[0].date(), len(dates))):
+        here = [c for c in ids if not (c == "c0" and k % 5 == 4)]
+        out[w] = Observations(np.array(here, dtype=object), np.array([dates[k]] * len(here), dtype="datetime64[ns]"),
+                              np.stack([values[c][k] for c in here]).astype(np.float32))
     return out
 
 
-def test_window_by_window_equals_batch():
+@pytest.mark.parametrize("detector", [DETECTOR, SEASONAL])
+def test_window_by_window_equals_the_scalar_detector_on_whole_series(detector):
     windows = _windows()
-    states, events = {}, []
+    tab, events, scores = new_detector_table(2, detector), [], []
     for obs in windows.values():
-        tracked = advance_events(states, obs, obs.vectors.astype(np.float64), DETECTOR)
-        states = tracked.states
-        assert list(tracked.scores.columns)[:2] == ["chip_id", "datetime"]
+        tracked = advance_events(tab, obs, obs.vectors.astype(np.float64), detector)
         events.append(tracked.events)
+        scores.append(tracked.scores)
     got = pd.concat(events, ignore_index=True)
     assert list(got.columns) == EVENT_COLUMNS
     obs = Observations.concat(list(windows.values()), 2)
-    for cid in ("a", "b"):
+    sc = pd.concat(scores, ignore_index=True)
+    for cid in sorted(set(obs.chip_id)):
         m = obs.chip_id == cid
-        batch = detect_changes(list(pd.to_datetime(obs.datetime[m]).to_pydatetime()), obs.vectors[m].astype(np.float64),
-                               params=DETECTOR)
+        dates = list(pd.to_datetime(obs.datetime[m]).to_pydatetime())
+        batch = detect_changes(dates, obs.vectors[m].astype(np.float64), params=detector)
         mine = got[got["chip_id"] == cid]
-        assert [e.first_date.date() for e in batch] == list(mine["first_date"])
-    assert (got["chip_id"] == "b").any() and got.loc[got["chip_id"] == "b", "signals"].iloc[0][0] in ("pc1", "pc2")
+        assert [(e.first_date.date(), e.confirmed_date.date(), e.magnitude) for e in batch] == \
+            list(zip(mine["first_date"], mine["confirmed_date"], mine["magnitude"]))  # bit for bit
+        ref = score_series(dates, obs.vectors[m].astype(np.float64), params=detector)
+        np.testing.assert_array_equal(sc.loc[sc["chip_id"] == cid, "detector_score"].to_numpy(), ref["score"].to_numpy())
+    assert got["chip_id"].isin(["c1", "c3", "c5"]).sum() >= 2  # steps fired, so the comparison means something
 
 
-def test_saved_states_are_reused_only_with_the_same_basis_and_parameters(tmp_path):
-    layout = Layout(tmp_path)
+def test_columnar_state_round_trips_through_the_carry_file(tmp_path):
     windows = _windows()
     names = list(windows)
-    identity = PcaBasis(1, np.zeros(2), np.eye(2), np.array([0.6, 0.4]), 10)
-    params = ChangeParams(n_components=2, detector=DETECTOR)
-    states, replayed = replay_windows({}, dict(list(windows.items())[:3]), None, identity, params)
-    assert replayed == 3 and set(states) == {"a", "b"}
-    d = layout.partition("change", "T1", names[2])
-    d.mkdir(parents=True)
-    assert save_states(d, 1, DETECTOR, states) == d / STATE_FILE
-    write_manifest(d, {})
+    tab = new_detector_table(2, SEASONAL)
+    for w in names[:30]:
+        advance_events(tab, windows[w], windows[w].vectors.astype(np.float64), SEASONAL)
+    save_carry(tmp_path, tab, CarryHeader(1, {}, names[29], 30))
+    loaded = load_carry(tmp_path)
+    assert isinstance(loaded, ChipTable) and loaded.equals(tab)
+    # a row reads back as the scalar detector's state, fitted baseline included
+    fitted = np.flatnonzero(loaded["det_fit_ok"])
+    assert len(fitted) >= 3 and state_of(loaded, int(fitted[0]), SEASONAL).fit.n_obs >= 8
 
-    later = PartitionId(window=names[5], tile="T1")
-    loaded, upto = previous_states(layout, later, 1, DETECTOR)
-    assert upto == names[2] and loaded == states
-    # only windows after the saved one are replayed
-    _, n = replay_windows(loaded, {w: windows[w] for w in names[:5]}, upto, identity, params)
-    assert n == 2
-    # another basis version or other detector settings: start over
-    assert previous_states(layout, later, 2, DETECTOR) == ({}, None)
-    other = DetectorParams(baseline_obs=7, n_harmonics=0, k_consecutive=2, feature_names=("pc1", "pc2"))
-    assert previous_states(layout, later, 1, other) == ({}, None)
-    # windows at or after the partition itself are never used
-    assert previous_states(layout, PartitionId(window=names[2], tile="T1"), 1, DETECTOR) == ({}, None)
+
+def test_dates_going_backwards_are_refused():
+    windows = list(_windows().values())
+    tab = new_detector_table(2, DETECTOR)
+    advance_events(tab, windows[3], windows[3].vectors.astype(np.float64), DETECTOR)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        advance_events(tab, windows[2], windows[2].vectors.astype(np.float64), DETECTOR)
 
 
 def test_change_params_carry_the_detector():
