@@ -68,7 +68,7 @@ def build_resources(
     return {
         "home": ClayHome(root=str(root), cubes_uri=cfg.cubes_uri, s3_endpoint=cfg.s3_endpoint),
         "source": source or scene_source(cfg),
-        "chip_settings": ChipSettings(chip_size=chip_size or cfg.chip_size),
+        "chip_settings": ChipSettings(chip_size=chip_size or cfg.chip_size, dask_scheduler=cfg.dask_scheduler),
         "model": model or ClayModel(preset=cfg.preset, checkpoint=cfg.checkpoint, device=cfg.device,
                                     batch_size=cfg.batch_size, patch_tokens=cfg.patch_tokens,
                                     dask_scheduler=cfg.dask_scheduler),

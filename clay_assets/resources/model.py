@@ -8,12 +8,16 @@ from typing import Optional
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
+from clay_assets.resources.dask import DaskClientHold
 
-class ClayModel(ConfigurableResource):
+
+class ClayModel(DaskClientHold, ConfigurableResource):
     """The Clay encoder: a preset with seeded random weights, or a checkpoint file.
 
-    ``device='auto'`` uses CUDA when present, else the CPU. ``dask_scheduler``: with several
-    GPUs, fan batches out over this existing Dask cluster instead of a local CUDA cluster.
+    ``device='auto'`` uses CUDA when present, else the CPU. ``dask_scheduler``: fan embedding
+    batches out over the Dask cluster at this address (CPU or GPU workers; each uses its own
+    CUDA device when it has one); the client is held for the step (see ``resources.dask``).
+    Without one, several local GPUs get a local CUDA cluster.
     """
 
     preset: str = "tiny"

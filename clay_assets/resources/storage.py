@@ -8,6 +8,7 @@ from typing import Optional
 
 from dagster import ConfigurableResource
 
+from clay_assets.resources.dask import DaskClientHold
 from clay_core.chips import ChipParams
 from clay_core.storage import Layout
 
@@ -59,14 +60,19 @@ class ClayHome(ConfigurableResource):
         return open_cube(uri, self.storage_options() if uri.startswith("s3://") else None, bands=man.get("bands"))
 
 
-class ChipSettings(ConfigurableResource):
-    """Chip geometry and filters; changing them changes every downstream partition."""
+class ChipSettings(DaskClientHold, ConfigurableResource):
+    """Chip geometry and filters; changing them changes every downstream partition.
+
+    ``dask_scheduler`` is not part of that: it says where scenes are chipped (one task per
+    scene on that Dask cluster), not what the chips are.
+    """
 
     chip_size: int = 256
     max_cloud: float = 0.2
     max_nodata: float = 0.1
     cloud_classes: list[int] = [1, 3, 8, 9, 10]
     nodata_classes: list[int] = [0]
+    dask_scheduler: Optional[str] = None
 
     def params(self) -> ChipParams:
         return ChipParams(

@@ -16,13 +16,14 @@ from clay_core.chips.chipper import chip_source_scene
 from clay_core.chips.chipset import ChipParams, ChipSet
 from clay_core.chips.cube import to_dataset, write_cube
 from clay_core.chips.index import thumb_name, write_index
+from clay_core.dask_cluster import client_for, fan_out_ordered, wait_for_workers, waiter
 from clay_core.render import mosaic, png_bytes, rgb_image, stretch_limits
 from clay_core.sources.base import SceneSource
 from clay_core.sources.stage import read_partition_scenes
 from clay_core.storage import CHIPS, Layout, atomic_dir, write_manifest
-from clay_core.types import PartitionId
+from clay_core.types import PartitionId, SceneRef
 
-__all__ = ["ChipCubeResult", "make_chip_cube"]
+__all__ = ["ChipCubeResult", "make_chip_cube", "chip_scenes"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ def make_chip_cube(
     cube_location: str | None = None,
     storage_options: dict | None = None,
     log: Callable[[str], None] | None = None,
+    scheduler_address: str | None = None,
 ) -> ChipCubeResult:
     """Chip the scenes of ``pid``'s raw manifest and write the partition's chip directory.
 
@@ -70,14 +72,11 @@ def make_chip_cube(
     directory; an ``s3://`` URI writes the cube there (``storage_options``: see
     :func:`clay_core.chips.cube.write_cube`) and records that URI. ``log`` gets one line per
     scene. The directory replaces the previous one only when everything was written.
+    ``scheduler_address``: each scene is chipped as one task on that Dask cluster (the source
+    travels to the workers, which read the scenes themselves); the cube is the same.
     """
     refs = read_partition_scenes(layout, pid)
-    sets = []
-    for ref in refs:
-        cs = chip_source_scene(source, ref, list(bands), params)
-        if log is not None:
-            log(f"{ref.scene_id}: kept {len(cs)} chips, dropped {cs.dropped}")
-        sets.append(cs)
+    sets = chip_scenes(source, refs, list(bands), params, scheduler_address=scheduler_address, log=log)
     chips = ChipSet.concat(sets, list(bands), params.chip_size)
     screening = _cloud_screening(source, refs)
     final = layout.partition_dir(CHIPS, pid)
@@ -108,6 +107,32 @@ def make_chip_cube(
         nodata_fraction=meta["nodata_fraction"].to_numpy() if len(chips) else np.zeros(0),
         thumbnails=images,
     )  # fmt: skip
+
+
+def chip_scenes(source: SceneSource, refs: Sequence[SceneRef], bands: list[str], params: ChipParams, *,
+                scheduler_address: str | None = None, log: Callable[[str], None] | None = None) -> list[ChipSet]:
+    """:func:`chip_source_scene` of every scene, in order: here, or one task per scene on the
+    Dask cluster at ``scheduler_address`` (at most two scenes per worker in flight; a scene
+    whose worker dies is chipped again on another)."""
+
+    def logged(ref: SceneRef, cs: ChipSet) -> ChipSet:
+        if log is not None:
+            log(f"{ref.scene_id}: kept {len(cs)} chips, dropped {cs.dropped}")
+        return cs
+
+    if not scheduler_address or not refs:
+        return [logged(ref, chip_source_scene(source, ref, bands, params)) for ref in refs]
+    client = client_for(scheduler_address)
+    window = 2 * wait_for_workers(client)
+    # The (small) source travels inside each task, not as scattered data: a task must be
+    # able to rerun on another worker when its worker dies. pure=False: a rerun re-reads.
+    def submit(i: int):
+        return client.submit(chip_source_scene, source, refs[i], bands, params, pure=False)
+
+    sets: list[ChipSet | None] = [None] * len(refs)
+    for i, cs in fan_out_ordered(submit, len(refs), waiter(client), window=window):
+        sets[i] = logged(refs[i], cs)
+    return sets  # type: ignore[return-value]
 
 
 def _cloud_screening(source: SceneSource, refs: list) -> str:

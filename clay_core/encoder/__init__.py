@@ -3,8 +3,8 @@
 - :mod:`~clay_core.encoder.model`: the encoder (presets, checkpoints, ids);
 - :mod:`~clay_core.encoder.inputs`: raw chips + metadata -> :class:`ModelInputs`;
 - :mod:`~clay_core.encoder.single` / :mod:`~clay_core.encoder.engine`: embedding on one
-  device / on any device (``clay_core.encoder.multigpu`` fans out over several GPUs and is
-  imported only when more than one is visible: its Dask dependencies are optional);
+  device / on any device (``clay_core.encoder.dask_engine`` fans out over a Dask cluster of
+  CPU or GPU workers and is imported only when one is used);
 - :mod:`~clay_core.encoder.store`: the per-partition embedding Zarr store;
 - :mod:`~clay_core.encoder.stage`: the embeddings stage (:func:`embed_partition`).
 """

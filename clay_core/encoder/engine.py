@@ -1,13 +1,12 @@
 """Embedding engine: raw chips -> Clay class-token (and optionally patch) embeddings.
 
 Chips are read batch by batch from any array-like (numpy, xarray, zarr), so a cube larger
-than memory streams through. One device runs :func:`clay_core.encoder.single.embed_inputs`;
-with CUDA and more than one visible GPU, batches fan out over a Dask cluster
-(:mod:`clay_core.encoder.multigpu`).
+than memory streams through. One device runs :func:`clay_core.encoder.single.embed_inputs`.
+Given a Dask scheduler address, or with CUDA and more than one visible GPU, batches fan out
+over a Dask cluster (:mod:`clay_core.encoder.dask_engine`) with the same results.
 
-Importing this module never imports ``dask_cuda``/``distributed`` (dask-cuda fails on
-import on machines without CUDA); ``clay_core.encoder.multigpu`` is imported only when more than
-one GPU is visible.
+Importing this module never imports ``distributed``/``dask_cuda`` (dask-cuda fails on import
+on machines without CUDA); the Dask engine is imported only when it is used.
 """
 
 from __future__ import annotations
@@ -52,8 +51,11 @@ def embed_chips(
     ``datetimes``, ``lat``, ``lon`` have one entry per chip (``None`` entries, or ``None``
     for the whole argument, mean unknown: zero metadata rows). ``device`` may be
     ``"auto"``. ``progress(done_chips, total_chips)`` is called after every batch.
-    With ``device="cuda"`` and more than one visible GPU, batches fan out over a Dask
-    CUDA cluster: the one at ``scheduler_address`` when given, else a local one.
+    ``scheduler_address`` (a running Dask scheduler): batches fan out over its workers, each
+    on its own CUDA device if it has one, else its CPU (``device`` then only says where the
+    encoder lives here). Without one, ``device="cuda"`` with more than one visible GPU fans
+    out over a local ``dask_cuda.LocalCUDACluster``. Either way the result is the one this
+    process would compute on the workers' device (bit-identical on CPU workers).
     """
     check_encoder(encoder)
     inputs = model_inputs(pixels, platform=platform, bands=bands, datetimes=datetimes, lat=lat, lon=lon)
@@ -61,10 +63,10 @@ def embed_chips(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
-    if dev == "cuda" and len(inputs) > 0 and torch.cuda.device_count() > 1:
-        from clay_core.encoder.multigpu import embed_chips_multi_gpu  # heavy optional deps; see module docstring
+    if len(inputs) > 0 and (scheduler_address or (dev == "cuda" and torch.cuda.device_count() > 1)):
+        from clay_core.encoder.dask_engine import embed_on_cluster  # heavy optional deps; see module docstring
 
-        return embed_chips_multi_gpu(
+        return embed_on_cluster(
             encoder, inputs, batch_size=batch_size, patch_tokens=patch_tokens, progress=progress,
             scheduler_address=scheduler_address,
         )  # fmt: skip

@@ -7,7 +7,7 @@ collected one batch late, so the host never waits on a batch it has just launche
 model runs under bf16 autocast (the residual stream stays float32). On the CPU everything
 is float32 and deterministic: the same input gives bit-identical output.
 
-Both :mod:`clay_core.encoder.engine` (one device) and :mod:`clay_core.encoder.multigpu`
+Both :mod:`clay_core.encoder.engine` (one device) and :mod:`clay_core.encoder.dask_engine`
 (each Dask worker) run :func:`embed_inputs`.
 """
 

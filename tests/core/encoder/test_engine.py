@@ -1,8 +1,7 @@
-"""Embedding engine on the CPU: parity, determinism, batching, lazy inputs, fan-out logic."""
+"""Embedding engine on the CPU: parity, determinism, batching, lazy inputs (the Dask cluster path: test_dask_cluster.py)."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,6 @@ from clay_core.encoder import (
     encode_latlon,
     encode_time,
     load_encoder,
-    model_inputs,
     normalize,
     resolve_device,
     waves_for,
@@ -205,62 +203,6 @@ def test_embed_module_does_not_import_dask_cuda():
     import clay_core.encoder.engine  # noqa: F401
 
     assert "dask_cuda" not in sys.modules
-    import clay_core.encoder.multigpu  # noqa: F401  (importable on CPU: the heavy imports are lazy)
+    import clay_core.encoder.dask_engine  # noqa: F401  (importable on CPU: dask_cuda is imported only when used)
 
     assert "dask_cuda" not in sys.modules
-
-
-class ThreadClient:
-    """Stands in for ``distributed.Client``: same scatter/submit surface, local threads."""
-
-    def __init__(self) -> None:
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-        self.scatters = 0
-        self.max_in_flight = 0
-        self.futures: list[concurrent.futures.Future] = []
-
-    def scatter(self, obj: Any, broadcast: bool = False) -> Any:
-        assert broadcast
-        self.scatters += 1
-        return obj
-
-    def submit(self, fn, *args, pure: bool = True) -> concurrent.futures.Future:
-        assert pure is False  # results depend on the scattered weights, never cache them
-        in_flight = sum(not f.done() for f in self.futures) + 1
-        self.max_in_flight = max(self.max_in_flight, in_flight)
-        future = self.pool.submit(fn, *args)
-        self.futures.append(future)
-        return future
-
-
-def test_multi_gpu_fan_out_logic_on_threads(chips, meta):
-    from clay_core.encoder import multigpu
-
-    encoder = build_encoder("tiny", seed=3)
-    client = ThreadClient()
-    calls: list[tuple[int, int]] = []
-    inputs = model_inputs(chips, platform=S2, bands=BANDS, **meta)
-
-    def fan_out(progress=None):
-        return multigpu.fan_out(
-            client, concurrent.futures.wait, encoder, inputs, batch_size=1, patch_tokens=True, progress=progress,
-            n_workers=1, worker_device="cpu",
-        )  # fmt: skip
-
-    cls, patches = fan_out(lambda d, t: calls.append((d, t)))
-    single = _embed(encoder, chips, meta, batch_size=1, patch_tokens=True)
-    assert client.scatters == 1
-    assert client.max_in_flight <= 2  # bounded window: 2 tasks per worker
-    assert np.abs(cls - single.cls).max() <= 1e-5
-    assert patches is not None and patches.shape == single.patches.shape
-    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and calls[-1] == (9, 9)
-    assert len(calls) == 3  # 9 chips in tasks of 4 batches of 1
-
-    fan_out()  # same weights: the scattered copy is reused
-    assert client.scatters == 1
-    with torch.no_grad():
-        encoder.transformer.norm.weight.mul_(2.0)  # weights changed in place: ship again
-    cls_changed, _ = fan_out()
-    client.pool.shutdown()
-    assert client.scatters == 2
-    assert np.abs(cls_changed - cls).max() > 1e-4
