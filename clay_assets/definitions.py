@@ -19,6 +19,7 @@ except ConfigError as exc:
 
 from clay_assets.assets.change_scores import change_scores  # noqa: E402
 from clay_assets.assets.chip_cubes import chip_cubes  # noqa: E402
+from clay_assets.assets.detections import detections  # noqa: E402
 from clay_assets.assets.embeddings import embeddings  # noqa: E402
 from clay_assets.assets.head_model import head_model  # noqa: E402
 from clay_assets.assets.head_predictions import head_predictions  # noqa: E402
@@ -33,7 +34,8 @@ from clay_assets.resources.build import build_resources, scene_source  # noqa: E
 __all__ = ["defs", "ALL_ASSETS", "PER_SCENE_UPSTREAM", "PER_SCENE_DOWNSTREAM", "build_resources",
            "scene_source_from_env", "pca"]
 
-ALL_ASSETS = [raw_scenes, chip_cubes, embeddings, pca, change_scores, vectors, head_model, head_predictions]
+ALL_ASSETS = [raw_scenes, chip_cubes, embeddings, pca, change_scores, vectors, head_model, head_predictions,
+              detections]
 PER_SCENE_UPSTREAM = [raw_scenes, chip_cubes, embeddings]
 PER_SCENE_DOWNSTREAM = [change_scores, vectors]
 
@@ -60,11 +62,14 @@ finetune_job = define_asset_job("train_head", AssetSelection.assets(head_model),
 predictions_job = define_asset_job("predict_with_head", AssetSelection.assets(head_predictions),
                                    partitions_def=scene_partitions,
                                    description="Per tile x window: class maps and clay.class_areas.")
+detections_job = define_asset_job("score_detections", AssetSelection.assets(detections),
+                                  partitions_def=scene_partitions,
+                                  description="Per tile x window: linear-probe scores per label set in clay.detections.")
 
 defs = Definitions(
     assets=ALL_ASSETS,
     resources=build_resources(cfg=CONFIG),
-    jobs=[scenes_job, serving_job, pca_job, incremental_job, finetune_job, predictions_job],
+    jobs=[scenes_job, serving_job, pca_job, incremental_job, finetune_job, predictions_job, detections_job],
     sensors=SENSORS,  # new_scenes_sensor, tiles_sensor (registers the configured tiles)
     schedules=[newest_window_schedule],
     # Steps of one run in parallel processes, bounded: a 2-core laptop should not thrash.

@@ -22,9 +22,13 @@ from collections.abc import Iterable
 
 from dagster import (
     DagsterInstance,
+    DimensionPartitionMapping,
     DynamicPartitionsDefinition,
+    IdentityPartitionMapping,
     MultiPartitionKey,
+    MultiPartitionMapping,
     MultiPartitionsDefinition,
+    TimeWindowPartitionMapping,
     WeeklyPartitionsDefinition,
 )
 
@@ -32,9 +36,14 @@ from clay_assets import config
 from clay_core.tiles import parse_tile
 
 __all__ = ["TILES_DIMENSION", "window_partitions", "tile_partitions", "date_partitions", "scene_partitions", "register_tiles",
-           "make_key"]
+           "make_key", "HISTORY_WINDOWS", "previous_window_mapping", "history_mapping"]
 
 TILES_DIMENSION = "tiles"
+
+#: How many preceding windows of a tile's embeddings a change partition declares it reads (a
+#: year: the detector's baseline span). Dagster follows at most 99 upstream partitions per
+#: partition when it works out staleness, so this must stay under 99.
+HISTORY_WINDOWS = 52
 
 
 
@@ -64,6 +73,24 @@ def register_tiles(instance: DagsterInstance, tiles: Iterable[str]) -> list[str]
     if new:
         instance.add_dynamic_partitions(TILES_DIMENSION, new)
     return new
+
+
+def _same_tile_dates(start_offset: int, end_offset: int) -> MultiPartitionMapping:
+    return MultiPartitionMapping({
+        "date": DimensionPartitionMapping("date", TimeWindowPartitionMapping(
+            start_offset=start_offset, end_offset=end_offset, allow_nonexistent_upstream_partitions=True)),
+        "tile": DimensionPartitionMapping("tile", IdentityPartitionMapping()),
+    })  # fmt: skip
+
+
+def previous_window_mapping() -> MultiPartitionMapping:
+    """The same tile's previous window (none for the first window): ``change_scores`` on itself."""
+    return _same_tile_dates(-1, -1)
+
+
+def history_mapping(windows: int = HISTORY_WINDOWS) -> MultiPartitionMapping:
+    """The same tile's window and the ``windows`` before it (fewer at the start)."""
+    return _same_tile_dates(-windows, 0)
 
 
 def make_key(tile: str, window: str) -> MultiPartitionKey:

@@ -1,9 +1,11 @@
-"""Materialize the whole graph for tiles x windows, in dependency order, on one instance.
+"""Materialize the whole graph for tiles x windows, in dependency order, on one instance; and
+drive a Dagster backfill to its end without a daemon.
 
-Per-scene assets run one partition per run (the multi-partition ``single_run`` backfill
-policy has open Dagster bugs with non-rectangular partition selections); ``pca`` runs once between the upstream and
-downstream halves because it needs every partition's embeddings. The tiles are registered as
-partitions of the dynamic tile dimension first (:func:`clay_assets.partitions.register_tiles`).
+:func:`materialize_graph` runs one partition per run, in process (the demo and ``clay-assets
+run``); ``pca`` runs once between the upstream and downstream halves because it needs every
+partition's embeddings. The tiles are registered as partitions of the dynamic tile dimension
+first (:func:`clay_assets.partitions.register_tiles`). :func:`run_backfill` goes through
+Dagster's backfill logic instead, so the assets' backfill policies batch partitions into runs.
 """
 
 from __future__ import annotations
@@ -65,3 +67,72 @@ def materialize_graph(
             run(PER_SCENE_DOWNSTREAM, make_key(tile, window), f"[{done}/{total}] change→vectors {tile} {window}")
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+@dataclass
+class BackfillSummary:
+    backfill_id: str
+    status: str
+    runs: int
+    seconds: float
+
+
+def run_backfill(instance: DagsterInstance, workspace_target, partition_keys: list[str], assets: list[str],
+                 timeout: float = 1800.0) -> BackfillSummary:
+    """Launch an asset backfill and drive it to the end in this process, as ``dagster-daemon``'s
+    backfill loop does: each iteration submits the runs whose parents are done (with the assets'
+    backfill policies), then waits for them. Runs go through the instance's run launcher.
+
+    ``workspace_target`` is a Dagster workspace load target (e.g. a ``PythonFileTarget`` of the code
+    location); ``partition_keys`` may be any set of keys (a non-rectangular selection too).
+    """
+    import logging
+
+    from dagster._core.execution.backfill import BulkActionStatus
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._daemon.backfill import execute_backfill_iteration
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    t0 = time.perf_counter()
+    logger = logging.getLogger("clay_assets.backfill")
+    queue = QueuedRunCoordinatorDaemon(interval_seconds=1)
+    with create_test_daemon_workspace_context(workspace_target, instance) as ctx, queue:
+        backfill_id = submit_backfill(instance, ctx.create_request_context().asset_graph, partition_keys, assets)
+        done = {BulkActionStatus.COMPLETED_SUCCESS, BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED,
+                BulkActionStatus.CANCELED, BulkActionStatus.COMPLETED}
+        runs_filter = RunsFilter.for_backfill(backfill_id)
+        while True:
+            list(execute_backfill_iteration(ctx, logger))
+            # the run queue (QueuedRunCoordinator, dagster.yaml's limits and pools) starts queued runs
+            list(queue.run_iteration(ctx))
+            status = instance.get_backfill(backfill_id).status
+            if status in done:
+                break
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"backfill {backfill_id} still {status.value} after {timeout:.0f}s")
+            # wait for the submitted runs before the next iteration (the daemon polls instead)
+            while any(not r.is_finished for r in instance.get_runs(runs_filter)):
+                list(queue.run_iteration(ctx))
+                time.sleep(0.2)
+        runs = instance.get_runs(runs_filter)
+        failed = [r.run_id for r in runs if r.status != DagsterRunStatus.SUCCESS]
+        if failed:
+            logger.warning(f"backfill {backfill_id}: {len(failed)} run(s) did not succeed: {failed}")
+    return BackfillSummary(backfill_id, status.value, len(runs), time.perf_counter() - t0)
+
+
+def submit_backfill(instance: DagsterInstance, asset_graph, partition_keys: list[str], assets: list[str]) -> str:
+    """Record an asset backfill of ``assets`` x ``partition_keys`` (as the UI's dialog does); returns its id."""
+    import uuid
+
+    from dagster import AssetKey
+    from dagster._core.execution.backfill import PartitionBackfill
+
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=uuid.uuid4().hex[:8], asset_graph=asset_graph, partition_names=partition_keys,
+        asset_selection=[AssetKey(a) for a in assets], backfill_timestamp=time.time(), tags={},
+        dynamic_partitions_store=instance, all_partitions=False, title=None, description=None, run_config=None,
+    )  # fmt: skip
+    instance.add_backfill(backfill)
+    return backfill.backfill_id

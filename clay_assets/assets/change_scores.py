@@ -11,10 +11,11 @@ a new window updates it incrementally instead of recomputing history, and confir
 change-intensity map, a GeoJSON grid of chip scores and PC1 time series of the most-changed chips.
 """
 
-from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
+from dagster import AssetDep, AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
 
+from clay_assets.batching import PartitionOutcome, for_each_partition
 from clay_assets.metadata import image_md
-from clay_assets.partitions import scene_partitions
+from clay_assets.partitions import history_mapping, previous_window_mapping, scene_partitions
 from clay_assets.resources import ChangeSettings, ClayHome
 from clay_assets.versions import CHANGE_LOGIC
 from clay_core.change import ChangeResult, load_current, score_change
@@ -27,23 +28,36 @@ TOP_COLUMNS = ["chip_id", "cosine_to_baseline", "change_score", "change_flag"]
     partitions_def=scene_partitions,
     code_version=CHANGE_LOGIC,
     group_name="clay",
-    deps=["embeddings", "pca"],
+    # The detector state of a window is the previous window's, carried forward: a self-dependency
+    # on the same tile's previous window (lineage in the UI; a backfill never splits a tile's
+    # windows out of order). Dagster ignores a self-dependency for staleness once the asset has
+    # >= 100 partitions, so the embeddings of the preceding windows are declared too: re-running an
+    # old window marks the later ones stale.
+    deps=[AssetDep("embeddings", partition_mapping=history_mapping()), "pca",
+          AssetDep("change_scores", partition_mapping=previous_window_mapping())],
     description=__doc__,
-    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    # single_run, not batched_policy(): for a self-dependent multi-partitioned asset, Dagster 1.13
+    # picks a multi_run backfill's "first N" partitions in no set order and launches them together
+    # (a tile's July ran beside its January). A single run per selection (Dagster splits a
+    # non-rectangular one per tile) scores each tile's windows oldest first, in one process.
+    backfill_policy=BackfillPolicy.single_run(),
 )
 def change_scores(context: AssetExecutionContext, home: ClayHome, change_settings: ChangeSettings) -> MaterializeResult:
-    pid = PartitionId.parse(context.partition_key)
     layout = home.layout
-    result = score_change(layout, pid, load_current(layout.root / "pca"), change_settings.params())
-    if result.replayed_windows:
-        context.log.info(
-            f"{pid.tile} {pid.window}: replayed {result.replayed_windows} earlier window(s) into the detector state"
-        )
-    md = _metadata(result)
-    if len(result.scores):
-        context.log.info(f"{pid.tile} {pid.window}: {result.flagged} of {len(result.scores)} chips flagged, "
-                         f"{len(result.events)} event(s) confirmed")
-    return MaterializeResult(metadata=md)
+    basis, params = load_current(layout.root / "pca"), change_settings.params()
+
+    def one(pid: PartitionId) -> PartitionOutcome:
+        result = score_change(layout, pid, basis, params)
+        if result.replayed_windows:
+            why = f" ({result.replay_reason})" if result.replay_reason else ""
+            context.log.info(f"{pid.tile} {pid.window}: replayed {result.replayed_windows} earlier window(s) "
+                             f"into the detector state{why}")
+        if len(result.scores):
+            context.log.info(f"{pid.tile} {pid.window}: {result.flagged} of {len(result.scores)} chips flagged, "
+                             f"{len(result.events)} event(s) confirmed")
+        return PartitionOutcome(metadata=_metadata(result))
+
+    return for_each_partition(context, one)
 
 
 def _metadata(result: ChangeResult) -> dict:

@@ -14,15 +14,14 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    BackfillPolicy,
     Backoff,
-    DataVersion,
     MaterializeResult,
     MetadataValue,
     RetryPolicy,
     asset,
 )
 
+from clay_assets.batching import PartitionOutcome, batched_policy, for_each_partition
 from clay_assets.metadata import histogram_md, image_md
 from clay_assets.partitions import scene_partitions
 from clay_assets.errors import no_retry_for_config_errors
@@ -39,8 +38,8 @@ from clay_core.types import PartitionId
     group_name="clay",
     deps=["raw_scenes"],
     description=__doc__,
-    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
-    # Reading scenes over the network fails transiently; a retry re-reads only this partition.
+    backfill_policy=batched_policy(),
+    # Reading scenes over the network fails transiently; a retry re-reads only this run's partitions.
     retry_policy=RetryPolicy(max_retries=2, delay=1, backoff=Backoff.EXPONENTIAL),
     check_specs=[AssetCheckSpec("cloud_fractions_in_range", asset="chip_cubes", blocking=True,
                                 description="cloud and nodata fractions are within [0, 1] and under the thresholds")],
@@ -48,15 +47,20 @@ from clay_core.types import PartitionId
 def chip_cubes(
     context: AssetExecutionContext, home: ClayHome, source: SceneSourceResource, chip_settings: ChipSettings
 ) -> MaterializeResult:
-    t0 = time.perf_counter()
     params = chip_settings.params()
-    pid = PartitionId.parse(context.partition_key)
+    return for_each_partition(context, lambda pid: _chip(context, home, source, params, pid, chip_settings.dask_scheduler))
+
+
+def _chip(context, home: ClayHome, source: SceneSourceResource, params, pid: PartitionId,
+          scheduler_address: str | None) -> PartitionOutcome:
+    t0 = time.perf_counter()
     # Local rasters are streamed chip row by chip row straight from the files; other sources load each scene.
     with no_retry_for_config_errors():
         res = make_chip_cube(
             home.layout, pid, source.get_source(), params, list(source.bands),
             cube_location=home.cube_location(pid.tile, pid.window) if home.cubes_uri else None,
             storage_options=home.storage_options(), log=context.log.info,
+            scheduler_address=scheduler_address,
         )  # fmt: skip
     cloud, nodata = res.cloud_fraction, res.nodata_fraction
     md = {
@@ -81,4 +85,4 @@ def chip_cubes(
         check_name="cloud_fractions_in_range", passed=res.fractions_in_range(params), severity=AssetCheckSeverity.ERROR,
         metadata={"max_cloud": float(cloud.max()) if len(cloud) else 0.0, "max_nodata": float(nodata.max()) if len(nodata) else 0.0},
     )
-    return MaterializeResult(metadata=md, data_version=DataVersion(version), check_results=[check])
+    return PartitionOutcome(metadata=md, checks=[check], data_version=version)

@@ -17,12 +17,12 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    BackfillPolicy,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
+from clay_assets.batching import PartitionOutcome, batched_policy, for_each_partition
 from clay_assets.partitions import scene_partitions
 from clay_assets.resources import ClayHome, ClayModel
 from clay_assets.versions import embeddings_code_version
@@ -36,16 +36,19 @@ from clay_core.types import PartitionId
     group_name="clay",
     deps=["chip_cubes"],
     description=__doc__,
-    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    backfill_policy=batched_policy(),
     # One encoder at a time per GPU: dagster.yaml gives every pool a default limit of 1.
     pool="gpu",
     check_specs=[AssetCheckSpec("embeddings_finite_with_dim", asset="embeddings", blocking=True,
                                 description="every class-token embedding is finite and has the model's dimension")],
 )
 def embeddings(context: AssetExecutionContext, home: ClayHome, model: ClayModel) -> MaterializeResult:
+    loaded = model.load()  # once per run: a batched run loads the encoder once for all its partitions
+    return for_each_partition(context, lambda pid: _embed(context, home, model, loaded, pid))
+
+
+def _embed(context, home: ClayHome, model: ClayModel, loaded, pid: PartitionId) -> PartitionOutcome:
     t0 = time.perf_counter()
-    pid = PartitionId.parse(context.partition_key)
-    loaded = model.load()
 
     def progress(done: int, total: int) -> None:
         context.log.info(f"{pid.tile} {pid.window}: embedded {done}/{total} chips")
@@ -60,8 +63,8 @@ def embeddings(context: AssetExecutionContext, home: ClayHome, model: ClayModel)
         check_name="embeddings_finite_with_dim", passed=res.finite and res.shape_ok, severity=AssetCheckSeverity.ERROR,
         metadata={"finite": res.finite, "expected_dim": res.dim, "shape": str(None if emb is None else emb.cls.shape)},
     )
-    return MaterializeResult(
-        check_results=[check],
+    return PartitionOutcome(
+        checks=[check],
         metadata={
             "chips": res.chips,
             "dagster/row_count": res.chips,

@@ -6,9 +6,10 @@ trained on another encoder preset or checkpoint is refused.
 
 import time
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext, BackfillPolicy
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetExecutionContext
 from dagster import MaterializeResult, MetadataValue, asset
 
+from clay_assets.batching import PartitionOutcome, batched_policy, for_each_partition
 from clay_assets.metadata import image_md
 from clay_assets.partitions import scene_partitions
 from clay_assets.resources import ClayHome, ClayModel, VectorDB
@@ -27,16 +28,18 @@ HEAD_PREDICTIONS_DESCRIPTION = (
 @asset(
     partitions_def=scene_partitions, deps=["chip_cubes", "head_model"], group_name="clay",
     code_version="head-predictions-1", description=HEAD_PREDICTIONS_DESCRIPTION,
-    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    backfill_policy=batched_policy(),
     check_specs=[AssetCheckSpec("class_areas_cover_chips", asset="head_predictions", blocking=True,
                                 description="the partition's clay.class_areas pixels add up to its chips' pixels")],
 )  # fmt: skip
 def head_predictions(context: AssetExecutionContext, home: ClayHome, model: ClayModel,
                      vectordb: VectorDB) -> MaterializeResult:
+    loaded, url = model.load(), vectordb.url()
+    return for_each_partition(context, lambda pid: _predict(home, model, loaded, url, pid))
+
+
+def _predict(home: ClayHome, model: ClayModel, loaded, url: str, pid: PartitionId) -> PartitionOutcome:
     t0 = time.perf_counter()
-    pid = PartitionId.parse(context.partition_key)
-    loaded = model.load()
-    url = vectordb.url()
     res = predict_partition(
         home.layout, pid, loaded, open_cube=home.open_cube,
         platform=model.platform, batch_size=model.batch_size, database_url=url,
@@ -61,4 +64,4 @@ def head_predictions(context: AssetExecutionContext, home: ClayHome, model: Clay
         md["class_areas"] = MetadataValue.md(class_areas_md(res.areas))
     if res.preview is not None:
         md["class_maps"] = image_md(res.preview, f"{pid.tile} {pid.window}: RGB | predicted classes")
-    return MaterializeResult(metadata=md, check_results=[check])
+    return PartitionOutcome(metadata=md, checks=[check])

@@ -8,8 +8,9 @@ rasters are never copied. A window with no acquisition is an empty partition, no
 
 import time
 
-from dagster import AssetExecutionContext, BackfillPolicy, Backoff, MaterializeResult, MetadataValue, RetryPolicy, asset
+from dagster import AssetExecutionContext, Backoff, MaterializeResult, MetadataValue, RetryPolicy, asset
 
+from clay_assets.batching import PartitionOutcome, batched_policy, for_each_partition
 from clay_assets.partitions import scene_partitions
 from clay_assets.errors import no_retry_for_config_errors
 from clay_assets.resources import ClayHome, SceneSourceResource
@@ -22,19 +23,18 @@ from clay_core.types import PartitionId
     code_version="raw-1",
     group_name="clay",
     description=__doc__,
-    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
-    # Catalogue searches time out now and then; retry this partition only.
+    backfill_policy=batched_policy(),
+    # Catalogue searches time out now and then; retry this run's partitions only.
     retry_policy=RetryPolicy(max_retries=2, delay=1, backoff=Backoff.EXPONENTIAL),
 )
 def raw_scenes(context: AssetExecutionContext, home: ClayHome, source: SceneSourceResource) -> MaterializeResult:
-    t0 = time.perf_counter()
-    pid = PartitionId.parse(context.partition_key)
-    with no_retry_for_config_errors():
-        listing = record_partition_scenes(home.layout, pid, source.get_source())
-    n = len(listing.refs)
-    context.log.info(f"{pid.tile} {pid.window}: {n} acquisition(s)" + ("" if n else " — empty window"))
-    return MaterializeResult(
-        metadata={
+    def one(pid: PartitionId) -> PartitionOutcome:
+        t0 = time.perf_counter()
+        with no_retry_for_config_errors():
+            listing = record_partition_scenes(home.layout, pid, source.get_source())
+        n = len(listing.refs)
+        context.log.info(f"{pid.tile} {pid.window}: {n} acquisition(s)" + ("" if n else " — empty window"))
+        return PartitionOutcome(metadata={
             "scenes": n,
             "empty": listing.empty,
             "platform": listing.platform,
@@ -42,5 +42,6 @@ def raw_scenes(context: AssetExecutionContext, home: ClayHome, source: SceneSour
             "hrefs": MetadataValue.json(listing.hrefs),
             "crs": listing.crs,
             "seconds": round(time.perf_counter() - t0, 3),
-        }
-    )
+        })
+
+    return for_each_partition(context, one)

@@ -9,6 +9,8 @@ duplicates and a failed load leaves the old rows. Change events confirmed in the
 
 import dagster as dg
 
+from clay_assets.explorer import explorer_url
+from clay_assets.batching import PartitionOutcome, batched_policy, for_each_partition
 from clay_assets.partitions import scene_partitions
 from clay_assets.resources import ClayHome, ClayModel, VectorDB
 from clay_core.types import PartitionId
@@ -21,7 +23,7 @@ from clay_core.vectordb import load_vectors, redact
     group_name="clay",
     deps=["chip_cubes", "embeddings", "change_scores"],
     description=__doc__,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+    backfill_policy=batched_policy(),
     check_specs=[
         dg.AssetCheckSpec("rows_match_cube", asset="vectors", blocking=True,
                           description="the partition's rows in clay.chips equal the chips in its Zarr cube"),
@@ -31,29 +33,32 @@ from clay_core.vectordb import load_vectors, redact
 )
 def vectors(context: dg.AssetExecutionContext, home: ClayHome, model: ClayModel,
             vectordb: VectorDB) -> dg.MaterializeResult:
-    pid = PartitionId.parse(context.partition_key)
-    load = load_vectors(home.layout, pid, vectordb.store)
-    url = vectordb.url()
-    checks = [
-        dg.AssetCheckResult(check_name="rows_match_cube", passed=load.total == load.cube_chips,
-                            severity=dg.AssetCheckSeverity.ERROR,
-                            metadata={"rows": load.total, "cube_chips": load.cube_chips}),
-        dg.AssetCheckResult(check_name="no_duplicate_observations", passed=load.duplicates == 0,
-                            severity=dg.AssetCheckSeverity.ERROR, metadata={"duplicates": load.duplicates}),
-    ]
-    context.log.info(f"{pid.tile} {pid.window}: loaded {load.rows} rows at {load.rows_per_s:.0f} rows/s")
-    query = (f"```sql\nSELECT * FROM clay.similar_chips('{load.first_chip_id}', 10);\n```"
-             if load.first_chip_id is not None else "(empty window)")
-    return dg.MaterializeResult(
-        check_results=checks,
-        metadata={
-            "rows": load.rows,
-            "dagster/row_count": load.total,
-            "rows_per_s": round(load.rows_per_s, 1),
-            "storage": f"{load.storage}({load.dim}), pgvector {load.pgvector}",
-            "change_events": load.change_events,
-            "database": redact(url),
-            "table": "clay.chips",
-            "query": dg.MetadataValue.md(query),
-        },
-    )
+    def one(pid: PartitionId) -> PartitionOutcome:
+        load = load_vectors(home.layout, pid, vectordb.store)
+        url = vectordb.url()
+        checks = [
+            dg.AssetCheckResult(check_name="rows_match_cube", passed=load.total == load.cube_chips,
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"rows": load.total, "cube_chips": load.cube_chips}),
+            dg.AssetCheckResult(check_name="no_duplicate_observations", passed=load.duplicates == 0,
+                                severity=dg.AssetCheckSeverity.ERROR, metadata={"duplicates": load.duplicates}),
+        ]
+        context.log.info(f"{pid.tile} {pid.window}: loaded {load.rows} rows at {load.rows_per_s:.0f} rows/s")
+        query = (f"```sql\nSELECT * FROM clay.similar_chips('{load.first_chip_id}', 10);\n```"
+                 if load.first_chip_id is not None else "(empty window)")
+        return PartitionOutcome(
+            checks=checks,
+            metadata={
+                "rows": load.rows,
+                "dagster/row_count": load.total,
+                "rows_per_s": round(load.rows_per_s, 1),
+                "storage": f"{load.storage}({load.dim}), pgvector {load.pgvector}",
+                "change_events": load.change_events,
+                "database": redact(url),
+                "table": "clay.chips",
+                "query": dg.MetadataValue.md(query),
+                "explorer": dg.MetadataValue.url(explorer_url(pid)),
+            },
+        )
+
+    return for_each_partition(context, one)
