@@ -8,6 +8,10 @@
     clay-assets search --chip ID       chips most similar to ID's latest observation
     clay-assets report                 change detections against the synthetic source's planted truth
     clay-assets runs list|clear        runs in progress, pool slots held; clear a run whose worker died
+    clay-assets label add|list|remove|score|detections   label sets, the probe's detections
+    clay-assets explore [--port N]     a local map page: change scores, similar chips, labels, timelines
+    clay-assets changes --from D --to D   chips whose embeddings changed between two dates
+    clay-assets export --out DIR | import PATH   embeddings as GeoParquet/Zarr + STAC, and back
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clay_assets.cli import db, demo, materialize, runs, search
+from clay_assets.cli import db, demo, materialize, runs, search, explore, label
+from clay_assets.cli import changes, export
 from clay_assets.cli.demo import change_report
 
 __all__ = ["main", "build_parser", "change_report"]
 
 # Each command module adds its sub-commands; a new command is a new module listed here.
-COMMANDS = [search, demo, materialize, db, runs]
+COMMANDS = [search, demo, materialize, db, runs, explore, label, changes, export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,15 @@ def run_search(store, args: argparse.Namespace):
     filters = dict(tiles=tiles, date_from=_parse_date(args.date_from, "--from"),
                    date_to=_parse_date(args.date_to, "--to"), bbox=bbox)
     on = _parse_date(args.date, "--date")
-    if args.chips:
+    if args.negative and not args.positive:
+        raise ConfigError("--negative needs --positive: the labelled query is 2·mean(positives) − mean(negatives)")
+    if args.positive:
+        from clay_assets.cli.label import split_ids
+
+        pos, neg = split_ids(args.positive), split_ids(args.negative)
+        res = store.search_labeled(pos, neg, k=args.k, min_similarity=args.min_similarity, **filters)
+        query = {"positives": pos, "negatives": neg}
+    elif args.chips:
         ids = [c.strip() for c in args.chips.split(",") if c.strip()]
         res = store.similar_to_chips(ids, k=args.k, min_similarity=args.min_similarity, **filters)
         query = {"chips": ids}
@@ -66,11 +74,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     sub.add_parser("db-url", help="print the database URI (starts the embedded server)").set_defaults(fn=cmd_db_url)
-    s = sub.add_parser("search", help="similarity search by chip id, location or several reference chips")
+    s = sub.add_parser("search", help="similarity search by chip id, location, reference chips or labelled examples")
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--chip", help="chip id, e.g. 31UFU_r002c000")
     q.add_argument("--chips", help="comma-separated chip ids: search with the mean of their embeddings")
     q.add_argument("--lat", type=float, help="latitude of the query point (with --lon)")
+    q.add_argument("--positive", nargs="+", help="labelled search: observation ids like the wanted ones "
+                   "(chip_id@YYYY-MM-DD, or chip_id for its latest); query = 2·mean(positives) − mean(negatives)")
+    s.add_argument("--negative", nargs="+", help="labelled search: observation ids unlike the wanted ones")
     s.add_argument("--lon", type=float, help="longitude of the query point")
     s.add_argument("--date", help="use the query chip's observation on this date (default: latest)")
     s.add_argument("--k", type=int, default=10)

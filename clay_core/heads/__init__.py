@@ -7,6 +7,7 @@
   :mod:`~clay_core.heads.predict`; :mod:`~clay_core.heads.checkpoint`;
 - :mod:`~clay_core.heads.preview` and :mod:`~clay_core.heads.areas` - pictures and class areas;
 - :mod:`~clay_core.heads.stage` - the ``head_model`` / ``head_predictions`` stages;
+- :mod:`~clay_core.heads.probe` - the linear probe on labelled observations (``detections``);
 - ``python -m clay_core.heads.cli`` trains on the synthetic world and prints the metrics.
 """
 
@@ -53,6 +54,7 @@ from clay_core.heads.modules import (
     freeze,
 )
 from clay_core.heads.predict import predict
+from clay_core.heads.probe import PROBE_PARAMS, DetectionsResult, Probe, fit_probe, score_detections
 from clay_core.heads.preview import class_map_preview, class_palette, colorize, preview_image
 from clay_core.heads.stage import HeadModelResult, PredictionResult, head_dir, predict_partition, train_head_stage
 from clay_core.heads.train import (
@@ -75,6 +77,7 @@ __all__ = [
     "MetricReport", "ValueReport", "ClassMetrics", "ValueMetrics",
     "TrainConfig", "CLASS_WEIGHTINGS", "class_weights_from_counts", "EpochLog", "TrainResult", "train_head",
     "predict",
+    "PROBE_PARAMS", "Probe", "DetectionsResult", "fit_probe", "score_detections",
     "HEAD_FORMAT", "LoadedHead", "encoder_identity", "loaded_identity", "check_encoder", "save_head", "load_head",
     "class_palette", "colorize", "preview_image", "class_map_preview",
     "ClassArea", "class_areas", "class_areas_md",

@@ -15,9 +15,11 @@ Modules, one thing each:
 ``index``        the HNSW index and bulk loads (a mixin of VectorStore)
 ``loading``      partition loads and change events (a mixin of VectorStore)
 ``search``       similarity search and reads (a mixin of VectorStore)
+``labels``       label sets, labelled search, probe detections (a mixin of VectorStore)
 ``stage``        :func:`load_vectors`, the framework-free "vectors" stage
 ``class_areas``  the writer of ``clay.class_areas``
 ``export``       GeoJSON of search results
+``changes``      ``clay.changed_chips``: change between two dates by embeddings (migration 7)
 
 Nothing here reads the environment: ``DATABASE_URL`` and ``CLAY_EMBEDDED_PG`` come in as the
 ``database_url=`` and ``flavour=`` parameters of :func:`database_url` / :func:`start_embedded`.
@@ -25,15 +27,19 @@ Nothing here reads the environment: ``DATABASE_URL`` and ``CLAY_EMBEDDED_PG`` co
 
 from __future__ import annotations
 
+from clay_core.vectordb.changes import changed_chips, changed_chips_geojson
 from clay_core.vectordb.class_areas import write_class_areas
 from clay_core.vectordb.export import results_geojson, write_geojson
 from clay_core.vectordb.functions import DEFAULT_EF_SEARCH, FILTER_SAFETY
+from clay_core.vectordb.labels import DETECTION_COLUMNS, check_label_set
 from clay_core.vectordb.loading import LoadStats
 from clay_core.vectordb.migrations import (
     CLASS_AREAS_TABLE,
+    DETECTIONS_TABLE,
     HNSW_INDEX,
     HNSW_MAX_DIM,
     HNSW_MAX_DIM_HALFVEC,
+    LABELS_TABLE,
     MIGRATIONS,
     SCHEMA,
     STORAGES,
@@ -56,11 +62,14 @@ __all__ = [
     "CLASS_AREAS_TABLE",
     "ChipNotFoundError",
     "DEFAULT_EF_SEARCH",
+    "DETECTIONS_TABLE",
+    "DETECTION_COLUMNS",
     "EMBEDDED_FLAVOURS",
     "FILTER_SAFETY",
     "HNSW_INDEX",
     "HNSW_MAX_DIM",
     "HNSW_MAX_DIM_HALFVEC",
+    "LABELS_TABLE",
     "LoadStats",
     "MIGRATIONS",
     "ROW_COLUMNS",
@@ -69,6 +78,9 @@ __all__ = [
     "TABLE",
     "VectorLoad",
     "VectorStore",
+    "check_label_set",
+    "changed_chips",
+    "changed_chips_geojson",
     "database_url",
     "embedded_flavour",
     "embedded_psql",

@@ -13,20 +13,30 @@ from typing import TYPE_CHECKING, Iterator
 import psycopg
 
 from clay_core.errors import ConfigError
+from clay_core.vectordb.functions import BQ_INDEX
 from clay_core.vectordb.migrations import (
     FILTER_INDEXES,
     HNSW_INDEX,
     check_hnsw_params,
     create_index_sql,
     max_index_dim,
+    version_tuple,
 )
 
 if TYPE_CHECKING:
     from clay_core.vectordb.store import VectorStore
 
-__all__ = ["IndexMixin"]
+__all__ = ["IndexMixin", "binary_index_sql"]
 
 _log = logging.getLogger(__name__)
+
+
+def binary_index_sql(dim: int, m: int, ef_construction: int) -> str:
+    """CREATE INDEX of the binary-quantized index; its expression is the one the SQL functions'
+    re-rank path orders by (they must match for the planner to use the index)."""
+    return (f"CREATE INDEX {BQ_INDEX} ON clay.observations USING hnsw "
+            f"((binary_quantize(embedding)::bit({int(dim)})) bit_hamming_ops) "
+            f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)})")
 
 
 class IndexMixin:
@@ -39,17 +49,55 @@ class IndexMixin:
 
     def index_params(self) -> dict | None:
         """{'m': .., 'ef_construction': ..} of the HNSW index, None if there is none."""
-        with self._errors("reading the HNSW index"):
+        return self._hnsw_params(HNSW_INDEX)
+
+    def _hnsw_params(self, index: str) -> dict | None:
+        """{'m', 'ef_construction'} of the HNSW index ``clay.<index>``, None if there is none."""
+        with self._errors(f"reading the index {index}"):
             cur = self._cursor()
             cur.execute(
                 "SELECT c.reloptions FROM pg_class c WHERE c.oid = to_regclass(%s)",
-                (f"clay.{HNSW_INDEX}",),
+                (f"clay.{index}",),
             )
             row = cur.fetchone()
         if not row:
             return None
         opts = dict(o.split("=", 1) for o in (row[0] or []))
         return {"m": int(opts.get("m", 16)), "ef_construction": int(opts.get("ef_construction", 64))}
+
+    def has_binary_index(self) -> bool:
+        """Whether the binary-quantized index (``build_binary_index``) exists."""
+        return self._hnsw_params(BQ_INDEX) is not None
+
+    def build_binary_index(self, m: int = 16, ef_construction: int = 64, *,
+                           maintenance_work_mem: str | None = None,
+                           parallel_workers: int | None = None) -> float:
+        """(Re)build the Hamming HNSW index over ``binary_quantize(embedding)`` (pgvector >= 0.8
+        here: the SQL functions' re-rank path is only created there); returns seconds.
+
+        Searches use it only in sessions that ``SET clay.rerank_candidates = N``: the N nearest
+        by Hamming distance are re-ranked by exact cosine on the stored embeddings.  Whether it
+        pays depends on the embeddings (benchmarks/vector_search.py --binary measures it).
+        """
+        check_hnsw_params(m, ef_construction)
+        version = self.pgvector_version() or "0"
+        if version_tuple(version) < (0, 8):
+            raise ConfigError(f"the binary-quantized index needs pgvector >= 0.8 (this server has "
+                              f"{version}); upgrade the extension or search the HNSW index only")
+        t0 = time.perf_counter()
+        with self._index_build("building the binary-quantized index", parallel_workers) as cur:
+            if maintenance_work_mem is None:  # the graph: dim/8 bytes of bits + neighbours per row
+                need = int(self.count() * (self.dim / 8 + 16 * m + 200) * 1.3 / 2**20) + 64
+                maintenance_work_mem = f"{min(max(need, 64), 4096)}MB"
+            cur.execute("SELECT set_config('maintenance_work_mem', %s, true)", (maintenance_work_mem,))
+            cur.execute(f"DROP INDEX IF EXISTS clay.{BQ_INDEX}")
+            cur.execute(binary_index_sql(self.dim, m, ef_construction))
+        return time.perf_counter() - t0
+
+    def drop_binary_index(self) -> None:
+        """Drop the binary-quantized index (searches with clay.rerank_candidates set then fail
+        with a message saying so)."""
+        self._locked_ddl("dropping the binary-quantized index", [f"DROP INDEX IF EXISTS clay.{BQ_INDEX}"])
 
     def drop_index(self) -> None:
         """Drop the HNSW index (before a bulk load; ``rebuild_index`` builds it again)."""
@@ -75,15 +123,22 @@ class IndexMixin:
         ef_construction = cur_params["ef_construction"] if ef_construction is None else ef_construction
         check_hnsw_params(m, ef_construction)
         t0 = time.perf_counter()
-        with self._errors("rebuilding the HNSW index"), self._conn.transaction():
+        with self._index_build("rebuilding the HNSW index", parallel_workers) as cur:
+            cur.execute(f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}")
+            self._build_hnsw(cur, m, ef_construction, storage, maintenance_work_mem)
+        return time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def _index_build(self, action: str, parallel_workers: int | None) -> Iterator:
+        """A cursor in one transaction for an index (re)build: ``lock_timeout`` applies to the
+        table lock, ``parallel_workers`` (if given) sets max_parallel_maintenance_workers."""
+        with self._errors(action), self._conn.transaction():
             cur = self._cursor()
             self._set_lock_timeout(cur)
             if parallel_workers is not None:
                 cur.execute("SELECT set_config('max_parallel_maintenance_workers', %s, true)",
                             (str(int(parallel_workers)),))
-            cur.execute(f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}")
-            self._build_hnsw(cur, m, ef_construction, storage, maintenance_work_mem)
-        return time.perf_counter() - t0
+            yield cur
 
     def _build_hnsw(self, cur, m: int, ef_construction: int, storage: str,
                     maintenance_work_mem: str | None = None) -> None:
@@ -125,9 +180,10 @@ class IndexMixin:
 
     @contextlib.contextmanager
     def bulk_load(self, **index_kwargs) -> Iterator[VectorStore]:
-        """``with store.bulk_load(): store.load_partition(...)...`` for backfills: the HNSW index
-        and the filter indexes (tile/date/bbox) are dropped during the loads and built once at
-        the end, which is much cheaper than maintaining them row by row (docs/benchmarks_vector.md).
+        """``with store.bulk_load(): store.load_partition(...)...`` for backfills: the HNSW index,
+        the binary-quantized one if there is one, and the filter indexes (tile/date/bbox) are
+        dropped during the loads and built once at the end, which is much cheaper than
+        maintaining them row by row (docs/benchmarks_vector.md).
         The primary key and the partition_key index stay: uniqueness and per-partition
         replacement work as usual.  Searches during the block fall back to exact scans.
 
@@ -142,6 +198,8 @@ class IndexMixin:
         """
         # the rebuilt index keeps the dropped one's parameters unless new ones are given
         index_kwargs = {**(self.index_params() or {}), **index_kwargs}
+        # the binary-quantized index too: dropped for the loads, rebuilt after the HNSW index
+        index_kwargs["binary"] = self._hnsw_params(BQ_INDEX)
         failed = False
         try:
             self._bulk = True
@@ -149,6 +207,7 @@ class IndexMixin:
                 "INSERT INTO clay.meta VALUES ('bulk_load_pid', pg_backend_pid()::text) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 f"DROP INDEX IF EXISTS clay.{HNSW_INDEX}",
+                f"DROP INDEX IF EXISTS clay.{BQ_INDEX}",
                 *(f"DROP INDEX IF EXISTS clay.{name}" for name, _ in FILTER_INDEXES),
             ])
             yield self
@@ -167,9 +226,12 @@ class IndexMixin:
 
     def _finish_bulk_load(self, index_kwargs: dict) -> None:
         self._locked_ddl("rebuilding the filter indexes", [ddl for _, ddl in FILTER_INDEXES])
+        binary = index_kwargs.pop("binary", None)
         storage = self.table_storage() or self.storage
         if self.dim <= max_index_dim(storage):  # else there was no HNSW index to rebuild
             self.rebuild_index(**index_kwargs)
+        if binary is not None:
+            self.build_binary_index(**binary, parallel_workers=index_kwargs.get("parallel_workers"))
         with self._errors("analyzing clay.observations after a bulk load"):
             # fresh statistics: the filtered searches steer ef_search from row estimates
             cur = self._cursor()

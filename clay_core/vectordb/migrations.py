@@ -10,6 +10,8 @@ Layout (schema ``clay``)::
                           what users query
     clay.change_events    confirmed changes per chip
     clay.class_areas      per partition, date and class: the area a task head predicts
+    clay.labels           analysts' labelled chip observations, per named label set
+    clay.detections       per label set and observation: the linear probe's score
 
 Migrations are applied in order, each once, in the transaction of
 ``VectorStore.ensure_schema`` under a transaction-level advisory lock (:data:`ADVISORY_LOCK`),
@@ -24,12 +26,15 @@ import re
 from typing import Callable
 
 from clay_core.errors import ConfigError, DatabaseError
+from clay_core.vectordb.changes import migration_7 as _migration_7
 from clay_core.vectordb.rows import COLS, ROW_COLUMNS
 
 __all__ = [
     "ADVISORY_LOCK",
     "CLASS_AREAS_TABLE",
+    "DETECTIONS_TABLE",
     "FILTER_INDEXES",
+    "LABELS_TABLE",
     "HNSW_INDEX",
     "HNSW_MAX_DIM",
     "HNSW_MAX_DIM_HALFVEC",
@@ -51,6 +56,8 @@ __all__ = [
 SCHEMA = "clay"
 TABLE = "clay.observations"
 CLASS_AREAS_TABLE = "clay.class_areas"
+LABELS_TABLE = "clay.labels"
+DETECTIONS_TABLE = "clay.detections"
 HNSW_INDEX = "observations_embedding_hnsw_idx"
 HNSW_MAX_DIM = 2000  # pgvector's limit for indexed vector columns
 HNSW_MAX_DIM_HALFVEC = 4000  # ... and for halfvec columns (pgvector >= 0.7)
@@ -175,6 +182,42 @@ def _migration_5(dim: int, m: int, ef_construction: int, create_index: bool) -> 
     return _class_areas_ddl()
 
 
+def _migration_6(dim: int, m: int, ef_construction: int, create_index: bool) -> list[str]:
+    """Labelled search and probe detections: analysts' label sets and the probe's scores.
+
+    A label names one observation (chip_id, acquired), not a chip: a chip cleared in March is
+    forest in January.  ``clay.detections`` is replaced per (tile x week) partition by the
+    ``detections`` asset; ``model_version`` identifies the probe that scored a row."""
+    return [
+        f"""CREATE TABLE {LABELS_TABLE} (
+  label_set text NOT NULL CHECK (label_set ~ '^[A-Za-z0-9_.-]{{1,64}}$'),
+  chip_id text NOT NULL,
+  acquired date NOT NULL,
+  label boolean NOT NULL,
+  added_at timestamptz NOT NULL DEFAULT now(),
+  added_by text NOT NULL DEFAULT current_user,
+  PRIMARY KEY (label_set, chip_id, acquired)
+)""",
+        f"""CREATE TABLE {DETECTIONS_TABLE} (
+  label_set text NOT NULL,
+  chip_id text NOT NULL,
+  tile text NOT NULL,
+  acquired date NOT NULL,
+  score double precision NOT NULL CHECK (score >= 0 AND score <= 1),
+  partition_key text NOT NULL,
+  model_version text NOT NULL,
+  scored_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (label_set, chip_id, acquired)
+)""",
+        "CREATE INDEX detections_partition_idx ON clay.detections (partition_key)",
+        "CREATE INDEX detections_set_score_idx ON clay.detections (label_set, score DESC)",
+        f"COMMENT ON TABLE {LABELS_TABLE} IS 'Labelled chip observations per named label set "
+        "(label = true: positive). Written by clay-assets label add; read by the detections asset.'",
+        f"COMMENT ON TABLE {DETECTIONS_TABLE} IS 'Linear-probe scores (P(positive)) per label set "
+        "and chip observation; rows of a partition_key replaced together. See clay.detections().'",
+    ]
+
+
 # Secondary indexes for filtered searches: migrations 1 and 2 create them, bulk_load() drops them
 # during a backfill and recreates them from these definitions.
 FILTER_INDEXES = [
@@ -194,6 +237,8 @@ MIGRATIONS: list[tuple[int, str, MigrationFn]] = [
     (3, "clay.change_events", _migration_3),
     (4, "geom_wkt computed by the clay.chips view, no longer stored", _migration_4),
     (_CLASS_AREAS_VERSION, _CLASS_AREAS_DESCRIPTION, _migration_5),
+    (6, "clay.labels, clay.detections (labelled search, probe scores)", _migration_6),
+    (7, "clay.changed_chips (change between two dates by embeddings)", _migration_7),
 ]
 
 

@@ -24,6 +24,7 @@ from psycopg import sql
 from clay_core.errors import ConfigError, DatabaseError
 from clay_core.vectordb.functions import functions_sql
 from clay_core.vectordb.index import IndexMixin
+from clay_core.vectordb.labels import LabelsMixin
 from clay_core.vectordb.loading import LoadingMixin
 from clay_core.vectordb.migrations import (
     ADVISORY_LOCK,
@@ -50,7 +51,7 @@ class ChipNotFoundError(DatabaseError, LookupError):
     """The query chip (or one of the reference chips) is not in clay.chips."""
 
 
-class VectorStore(IndexMixin, LoadingMixin, SearchMixin):
+class VectorStore(IndexMixin, LoadingMixin, SearchMixin, LabelsMixin):
     """Chip embeddings in Postgres/pgvector.
 
     One connection (autocommit; each method is its own transaction); use one store per thread
