@@ -75,7 +75,8 @@ _DECLARED = [
     Setting("CLAY_DEVICE", "auto", "`auto` (CUDA when present), `cuda` or `cpu`"),
     Setting("CLAY_BATCH_SIZE", "8", "encoder batch size"),
     Setting("CLAY_PATCH_TOKENS", "0", "also store patch tokens"),
-    Setting("DASK_SCHEDULER_ADDRESS", None, "multi-GPU: an existing Dask cluster instead of a local CUDA cluster"),
+    Setting("DASK_SCHEDULER_ADDRESS", None, "a running Dask scheduler (`tcp://host:port`): chipping and embedding "
+            "fan out to its workers"),
     # serving
     Setting("DATABASE_URL", None, "an external Postgres with pgvector instead of the embedded one", secret=True),
     # No default value: unset keeps the flavour an existing data dir was created with.
@@ -85,6 +86,7 @@ _DECLARED = [
             "(a new one: `halfvec` on pgvector >= 0.7)"),
     # execution
     Setting("CLAY_MAX_CONCURRENT", "2", "steps of one run in parallel processes"),
+    Setting("CLAY_PARTITIONS_PER_RUN", "13", "tile x window partitions per backfill run (1: one run per partition)"),
     Setting("CLAY_DAGSTER_PG_URL", None, "Dagster's own storage in Postgres (read by `dagster.yaml`, see `deploy/`)",
             secret=True),
     # fine-tuning labels
@@ -246,6 +248,7 @@ class ClayConfig:
     labels_values: bool
     area: str | None = None
     source_bands: tuple[str, ...] = ()
+    partitions_per_run: int = 13
     source_qa_band: str | None = None
 
     @classmethod
@@ -299,6 +302,7 @@ class ClayConfig:
             embedded_pg=r.text("CLAY_EMBEDDED_PG"),
             vector_storage=r.text("CLAY_VECTOR_STORAGE"),
             max_concurrent=r.integer("CLAY_MAX_CONCURRENT", minimum=1),
+            partitions_per_run=r.integer("CLAY_PARTITIONS_PER_RUN", minimum=1),
             labels=r.text("CLAY_LABELS"),  # type: ignore[arg-type]
             labels_path=r.text("CLAY_LABELS_PATH"),
             label_classes=r.names("CLAY_LABEL_CLASSES"),
@@ -331,6 +335,10 @@ class ClayConfig:
         if self.checkpoint and not Path(self.checkpoint).expanduser().is_file():
             raise ConfigError(f"CLAY_CHECKPOINT={self.checkpoint!r} is not a file; give the path of a downloaded "
                               "Clay checkpoint, or unset it for seeded random weights")
+        if self.dask_scheduler:
+            from clay_core.dask_cluster import check_address
+
+            check_address(self.dask_scheduler)
         if self.labels in ("raster", "table") and not self.labels_path:
             raise ConfigError(f"CLAY_LABELS={self.labels} needs CLAY_LABELS_PATH (the label file)")
 
