@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Sequence
 import pandas as pd
 
 from clay_core.errors import ConfigError
+from clay_core.vectordb.functions import BBOX_CHECK_SQL
 
 if TYPE_CHECKING:
     from clay_core.vectordb.store import VectorStore
@@ -63,11 +64,7 @@ BEGIN
     RAISE EXCEPTION 'max_cloud must be a fraction in [0, 1], got %', max_cloud
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF bbox IS NOT NULL AND (cardinality(bbox) <> 4 OR array_position(bbox, NULL) IS NOT NULL
-                           OR bbox[1] > bbox[3] OR bbox[2] > bbox[4]) THEN
-    RAISE EXCEPTION 'bbox must be [west, south, east, north] with west <= east and south <= north, got %',
-      bbox USING ERRCODE = 'invalid_parameter_value';
-  END IF;
+{bbox_check}
   RETURN QUERY
   WITH clear AS (
     SELECT o.chip_id, o.tile, o.acquired, o.embedding, o.west, o.south, o.east, o.north
@@ -113,7 +110,8 @@ def migration_7(dim: int, m: int, ef_construction: int, create_index: bool) -> l
     """clay.changed_chips.  The vector extension's schema is looked up on the server (a DO
     block), so the function's search_path names it as the search functions' does."""
     create = (f"CREATE OR REPLACE FUNCTION {_SIGNATURE}\nRETURNS {_RETURNS} LANGUAGE plpgsql STABLE\n"
-              "SET search_path = pg_catalog, {ext}, pg_temp\nAS $fn$" + _BODY + "$fn$")
+              "SET search_path = pg_catalog, {ext}, pg_temp\nAS $fn$"
+              + _BODY.replace("{bbox_check}", BBOX_CHECK_SQL) + "$fn$")
     return [
         "DO $do$ BEGIN EXECUTE format(" + _literal(create) + ", (SELECT n.nspname FROM "
         "pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector')); "

@@ -49,6 +49,13 @@ FILTER_SAFETY = 4.0  # ef_search ~ FILTER_SAFETY * k / selectivity for filtered 
 
 _OUT = "TABLE(chip_id text, tile text, acquired date, similarity double precision)"
 
+# The bbox argument check every search function shares (and clay.changed_chips).
+BBOX_CHECK_SQL = r"""  IF bbox IS NOT NULL AND (cardinality(bbox) <> 4 OR array_position(bbox, NULL) IS NOT NULL
+                           OR bbox[1] > bbox[3] OR bbox[2] > bbox[4]) THEN
+    RAISE EXCEPTION 'bbox must be [west, south, east, north] with west <= east and south <= north, got %',
+      bbox USING ERRCODE = 'invalid_parameter_value';
+  END IF;"""
+
 _KNN_BODY = r"""
 DECLARE
   base_ef  integer := coalesce(nullif(current_setting('clay.ef_search', true), '')::integer,
@@ -89,11 +96,7 @@ BEGIN
     RAISE EXCEPTION 'min_similarity must be a number in [-1, 1]'
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
-  IF bbox IS NOT NULL AND (cardinality(bbox) <> 4 OR array_position(bbox, NULL) IS NOT NULL
-                           OR bbox[1] > bbox[3] OR bbox[2] > bbox[4]) THEN
-    RAISE EXCEPTION 'bbox must be [west, south, east, north] with west <= east and south <= north, got %',
-      bbox USING ERRCODE = 'invalid_parameter_value';
-  END IF;
+{bbox_check}
   IF date_from IS NOT NULL AND date_to IS NOT NULL AND date_from > date_to THEN
     RAISE EXCEPTION 'date_from % is after date_to %', date_from, date_to
       USING ERRCODE = 'invalid_parameter_value';
@@ -249,7 +252,7 @@ def functions_sql(dim: int, ext_schema: str, iterative: bool,
     sets = f"{path}\nSET hnsw.ef_search = 40" + ("\nSET hnsw.iterative_scan = off" if iterative else "")
     body = (_KNN_BODY.replace("{rerank_decl}", _RERANK_DECL if iterative else "")
             .replace("{rerank}", _RERANK.replace("{bq_index}", BQ_INDEX) if iterative else "")
-            .replace("{agg}", _AGG).replace("{return_k}", _RETURN_K)
+            .replace("{bbox_check}", BBOX_CHECK_SQL).replace("{agg}", _AGG).replace("{return_k}", _RETURN_K)
             .replace("{default_ef}", str(DEFAULT_EF_SEARCH))
             .replace("{dim}", str(dim))
             .replace("{filter_safety}", repr(FILTER_SAFETY))
