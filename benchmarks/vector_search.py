@@ -71,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from clay_core.vectordb import STORAGES, VectorStore, redact, start_embedded, stop_embedded  # noqa: E402
 from clay_core.vectordb.functions import FILTER_SAFETY  # noqa: E402
 from clay_core.vectordb.server import FLAVOUR_MODULES  # noqa: E402
+from clay_core.vectordb.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M  # noqa: E402
 DEFAULT_CONFIGS = ["pgserver:vector", "pixeltable:vector", "pixeltable:halfvec"]
 TARGET_ROWS_S = 100_000
 TARGET_VS_ORM = 10.0
@@ -1124,8 +1125,9 @@ def main(argv=None) -> int:
     ap.add_argument("--orm-rows", type=int, default=3000)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                     help="connections of the bulk backfill (load_partitions), one run each")
-    ap.add_argument("--m", type=int, default=16)
-    ap.add_argument("--ef-construction", type=int, default=64)
+    # the product's defaults (a new clay.observations index is built with these)
+    ap.add_argument("--m", type=int, default=DEFAULT_M)
+    ap.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
     ap.add_argument("--ef-search", type=int, nargs="+", default=[20, 40, 64, 100, 200])
     ap.add_argument("--filter-ef", type=int, nargs="+", default=[100, 200],
                     help="clay.ef_search / hnsw.ef_search values of the filtered queries (100 = the "

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from clay_core.errors import ConfigError, DatabaseError
 from clay_core.vectordb.functions import functions_sql
-from clay_core.vectordb.index import IndexMixin
+from clay_core.vectordb.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_M, IndexMixin
 from clay_core.vectordb.labels import LabelsMixin
 from clay_core.vectordb.loading import LoadingMixin
 from clay_core.vectordb.migrations import (
@@ -240,7 +240,7 @@ class VectorStore(IndexMixin, LoadingMixin, SearchMixin, LabelsMixin):
 
     # -- schema -----------------------------------------------------------------------------
 
-    def ensure_schema(self, *, m: int = 16, ef_construction: int = 64,
+    def ensure_schema(self, *, m: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION,
                       create_index: bool = True, storage: str | None = None) -> None:
         """Create/upgrade extension, schema, tables, indexes and SQL functions (idempotent).
 

@@ -140,11 +140,11 @@ def test_ensure_schema_is_idempotent(db_url):
         store.ensure_schema(storage=STORAGE)
         store.ensure_schema(storage=STORAGE)
         assert store.schema_version() == max(v for v, _, _ in cdb.MIGRATIONS)
-        assert store.index_params() == {"m": 16, "ef_construction": 64}
+        assert store.index_params() == {"m": 32, "ef_construction": 128}
         assert store.count() == 0
     with VectorStore(db_url, DIM) as store:  # another connection: still fine, nothing duplicated
         store.ensure_schema(storage=STORAGE, m=8, ef_construction=32)
-        assert store.index_params() == {"m": 16, "ef_construction": 64}  # existing index kept
+        assert store.index_params() == {"m": 32, "ef_construction": 128}  # existing index kept
     versions = sql_rows(db_url, "SELECT version FROM clay.schema_version ORDER BY version")
     assert [v for (v,) in versions] == [v for v, _, _ in cdb.MIGRATIONS]
     cols = {c for (c,) in sql_rows(db_url, "SELECT column_name FROM information_schema.columns "
