@@ -10,7 +10,7 @@ Parameters: :class:`ChangeParams` (per-date scores) holding :class:`DetectorPara
 detector). What a partition carries to the next window: :class:`ChipTable` (``carry.npz``),
 advanced by :func:`step_window`, one window at a time for every chip at once. Building blocks:
 :func:`detect_changes` / :func:`run_series` / :func:`update` on
-one series, :func:`score_partition`, :func:`advance_events`, :func:`fit_harmonic`, cosine
+one series, :func:`advance_events`, :func:`fit_harmonic`, cosine
 distances, and the yardstick against planted changes (:func:`score_detections`).
 """
 
@@ -21,7 +21,6 @@ from clay_core.change.carry import CarryHeader, ChipTable
 from clay_core.change.harmonic import HarmonicFit, fit_harmonic, fit_harmonic_batch, harmonic_design
 from clay_core.change.params import ChangeParams, DetectorParams
 from clay_core.change.pca import PcaBasis, fit_incremental, load_current, next_version, set_current
-from clay_core.change.scores import score_partition
 from clay_core.change.stage import ChangeResult, PcaFit, fit_pca, score_change, step_window
 from clay_core.change.state import ChangeEvent, ChangeState, ObservationScore
 from clay_core.change.timeutil import to_datetime, to_decimal_years
@@ -32,6 +31,6 @@ __all__ = [
     "DetectorParams", "EventTracking", "HarmonicFit", "ObservationScore", "PcaBasis", "PcaFit", "advance_events",
     "cosine_distance", "detect_changes", "distances_to_baseline", "distances_to_previous", "fit_harmonic",
     "fit_harmonic_batch", "fit_incremental", "fit_pca", "harmonic_design", "load_current", "next_version",
-    "run_series", "score_change", "score_detections", "score_partition", "score_series", "set_current",
+    "run_series", "score_change", "score_detections", "score_series", "set_current",
     "step_window", "to_datetime", "to_decimal_years", "truth_chips", "update",
 ]

@@ -30,8 +30,6 @@ earlier embeddings and runs in numpy over the window's chips.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pandas as pd
 
@@ -41,7 +39,7 @@ from clay_core.change.harmonic import _design_batch, _predict_batch, fit_harmoni
 from clay_core.change.params import ChangeParams
 from clay_core.types import Observations
 
-__all__ = ["COLUMNS", "score_columns", "score_partition", "score_window", "top_changed", "window_order"]
+__all__ = ["COLUMNS", "score_columns", "score_window", "top_changed", "window_order"]
 
 _BASE = ["sc_bvec", "sc_bns", "sc_bpc"]  # baseline observations of chips still collecting them
 
@@ -171,26 +169,6 @@ def score_window(tab: ChipTable, current: Observations, pcs: np.ndarray, params:
     tab.narrow(_BASE, int(tab["sc_n"][collecting].max()) if collecting.any() else 0)
     out = df.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
     return out[COLUMNS]
-
-
-def score_partition(
-    current: Observations,
-    history: Observations,
-    project: Callable[[np.ndarray], np.ndarray],
-    params: ChangeParams,
-) -> pd.DataFrame:
-    """Scores for every observation in ``current`` given the earlier ``history`` (a replay:
-    history is fed through :func:`score_window` one date at a time first).
-
-    ``project`` maps [n, dim] embeddings to principal components ([n, k]).
-    """
-    dim = current.vectors.shape[1]
-    tab = ChipTable(np.array([], dtype=object), score_columns(dim, params))
-    for day in np.unique(history.datetime):
-        m = history.datetime == day
-        part = Observations(history.chip_id[m], history.datetime[m], history.vectors[m])
-        score_window(tab, part, project(part.vectors)[:, : params.n_components], params)
-    return score_window(tab, current, project(current.vectors)[:, : params.n_components], params)
 
 
 def top_changed(scores: pd.DataFrame, n: int = 5) -> pd.DataFrame:
