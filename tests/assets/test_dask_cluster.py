@@ -47,11 +47,13 @@ def test_embeddings_asset_runs_on_the_cluster_the_platform_reads(tmp_path, insta
             remote = small_resources(tmp_path / "dask", None,  # type: ignore[arg-type]
                                      dask_scheduler=cfg.dask_scheduler)
             assert remote["chip_settings"].dask_scheduler == cluster.address
-            assert materialize(ALL_ASSETS, selection=["embeddings"], partition_key=key, resources=remote,
-                               instance=instance).success
+            # chipped again and embedded through the cluster: equal embeddings mean equal chips too
+            assert materialize(ALL_ASSETS, selection=["chip_cubes", "embeddings"], partition_key=key,
+                               resources=remote, instance=instance).success
             assert cluster.address not in dask_cluster._clients  # the resource closed its client when the step ended
             with Client(cluster.address, set_as_default=False) as client:
                 built = client.run(_models_here)
+                prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
     finally:
         torch.set_num_threads(threads)
     vectors = {name: read_observations(res["home"].layout.partition("embeddings", TILE, WINDOW)
@@ -60,6 +62,7 @@ def test_embeddings_asset_runs_on_the_cluster_the_platform_reads(tmp_path, insta
     assert len(vectors["local"]) > 4
     assert np.array_equal(vectors["dask"], vectors["local"])
     assert len(built) == 2 and any(built.values())  # the model ran on the workers, not here
+    assert "chip_source_scene" in prefixes, prefixes  # chip_cubes chipped its scenes on the workers
 
 
 def test_a_malformed_scheduler_address_fails_when_the_code_location_loads():
