@@ -14,6 +14,7 @@ one series, :func:`advance_events`, :func:`fit_harmonic`, cosine
 distances, and the yardstick against planted changes (:func:`score_detections`).
 """
 
+from clay_core.change.batch_detector import detect_many
 from clay_core.change.detector import detect_changes, run_series, score_series, update
 from clay_core.change.distances import cosine_distance, distances_to_baseline, distances_to_previous
 from clay_core.change.evaluate import DetectionReport, score_detections, truth_chips
@@ -29,7 +30,7 @@ from clay_core.change.tracking import EventTracking, advance_events
 __all__ = [
     "CarryHeader", "ChangeEvent", "ChangeParams", "ChangeResult", "ChangeState", "ChipTable", "DetectionReport",
     "DetectorParams", "EventTracking", "HarmonicFit", "ObservationScore", "PcaBasis", "PcaFit", "advance_events",
-    "cosine_distance", "detect_changes", "distances_to_baseline", "distances_to_previous", "fit_harmonic",
+    "cosine_distance", "detect_changes", "detect_many", "distances_to_baseline", "distances_to_previous", "fit_harmonic",
     "fit_harmonic_batch", "fit_incremental", "fit_pca", "harmonic_design", "load_current", "next_version",
     "run_series", "score_change", "score_detections", "score_series", "set_current",
     "step_window", "to_datetime", "to_decimal_years", "truth_chips", "update",

@@ -104,7 +104,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clay_core.change.harmonic import design_times_coef, fit_harmonic
+from clay_core.change.harmonic import HarmonicFit, design_times_coef, fit_harmonic, leverage
+from clay_core.change.limits import (cusum_clip, cusum_limit, cusum_reference, cusum_step, exceed_threshold, feature_sum,
+                                     onset_position, reference_at, run_support, scale_inflation)
 from clay_core.change.params import MIN_BASELINE_OBS, DetectorParams
 from clay_core.change.state import NAN, ChangeEvent, ChangeState, ObservationScore, SeriesObservation
 from clay_core.change.timeutil import decimal_year, to_datetime
@@ -112,7 +114,12 @@ from clay_core.change.timeutil import decimal_year, to_datetime
 if TYPE_CHECKING:  # pandas is only needed by score_series (imported lazily)
     import pandas as pd
 
-__all__ = ["detect_changes", "run_series", "score_series", "update"]
+__all__ = ["detect_changes", "observation_threshold", "run_series", "score_series", "update"]
+
+
+def _baseline_trend(state: ChangeState) -> bool:
+    p = state.params
+    return p.trend or (p.restart_trend and state.segment > 0)
 
 
 def _fit_baseline(state: ChangeState) -> None:
@@ -120,7 +127,8 @@ def _fit_baseline(state: ChangeState) -> None:
     t = np.array([o.t for o in state.buffer])
     Y = np.stack([o.value for o in state.buffer])
     state.fit = fit_harmonic(
-        t, Y, p.n_harmonics, p.trend, p.robust, p.ridge, min_rmse=p.min_rmse
+        t, Y, p.n_harmonics, _baseline_trend(state), p.robust, p.ridge, min_rmse=p.min_rmse,
+        trend_min_t=None if p.trend else p.trend_min_t,
     )
     state.buffer = []
 
@@ -131,32 +139,49 @@ def _baseline_complete(state: ChangeState) -> bool:
     return len(b) >= p.baseline_obs and (b[-1].t - b[0].t) >= p.effective_baseline_years
 
 
-def _run_residuals(state: ChangeState) -> tuple[np.ndarray, np.ndarray]:
-    """``(values [k, F], standardized residuals z [k, F])`` of the pending run."""
-    fit, run = state.fit, state.pending
+def _run_residuals(state: ChangeState, run: list[SeriesObservation]) -> tuple[np.ndarray, np.ndarray]:
+    """``(values [k, F], standardized residuals z [k, F])`` of ``run``."""
+    fit = state.fit
     assert fit is not None
     V = np.stack([o.value for o in run])
     X = fit.design(np.array([o.t for o in run]))
     return V, (V - design_times_coef(X, fit.coef)) / fit.rmse
 
 
-def _make_event(state: ChangeState) -> ChangeEvent:
-    p, fit, run = state.params, state.fit, state.pending
+def observation_threshold(params: DetectorParams, n_obs: int, n_coef: int, n_features: int,
+                          lev: float | None = None) -> float:
+    """The RMS z-score an observation must exceed against a baseline of ``n_obs`` observations
+    (at leverage ``lev``; ``None`` = the fitted dates' average ``n_coef / n_obs``)."""
+    if params.threshold is not None:
+        return params.threshold
+    lev_ = n_coef / max(n_obs, 1) if lev is None else lev
+    return float(exceed_threshold(n_obs, n_coef, n_features, params.alpha, np.array([lev_]))[0])
+
+
+def _fit_leverage(fit: HarmonicFit, X: np.ndarray) -> np.ndarray:
+    if fit.cov is None:
+        return np.full(X.shape[0], X.shape[1] / max(fit.n_obs, 1))
+    return leverage(X, np.broadcast_to(fit.cov, (X.shape[0], *fit.cov.shape)))
+
+
+def _make_event(state: ChangeState, run: list[SeriesObservation], confirmed: SeriesObservation) -> ChangeEvent:
+    p, fit = state.params, state.fit
     assert fit is not None
-    V, Z = _run_residuals(state)
+    V, Z = _run_residuals(state, run)
     med = np.median(np.abs(Z), axis=0)
     names = p.names_for(V.shape[1])
     order = np.argsort(-med, kind="stable")
-    signals = [names[i] for i in order if med[i] > p.threshold][: p.max_signals]
+    thr = observation_threshold(p, fit.n_obs, fit.coef.shape[0], V.shape[1])  # at the average leverage
+    signals = [names[i] for i in order if med[i] > thr][: p.max_signals]
     if not signals:
         signals = [names[order[0]]]
     return ChangeEvent(
         first_date=run[0].date,
-        confirmed_date=run[-1].date,
+        confirmed_date=confirmed.date,
         magnitude=float(np.median([o.score for o in run])),
         signals=signals,
         first_index=run[0].index,
-        confirmed_index=run[-1].index,
+        confirmed_index=confirmed.index,
         n_obs_baseline=fit.n_obs,
     )
 
@@ -180,7 +205,7 @@ def _inconsistent_member(state: ChangeState) -> int | None:
     p, run = state.params, state.pending
     if p.min_run_cosine <= -1.0 or len(run) < 2:
         return None
-    _, Z = _run_residuals(state)
+    _, Z = _run_residuals(state, run)
     worst, worst_cos = None, p.min_run_cosine
     for j in range(len(run)):
         others = np.concatenate([Z[:j], Z[j + 1 :]])
@@ -208,19 +233,37 @@ def _collect_baseline(state: ChangeState, obs: SeriesObservation) -> Observation
     return ObservationScore.unscored(obs.date, obs.index, in_baseline=True, clear=True)
 
 
-def _score(state: ChangeState, obs: SeriesObservation) -> ObservationScore:
-    """Compare ``obs`` with the fitted baseline."""
+def _score(state: ChangeState, obs: SeriesObservation) -> tuple[ObservationScore, np.ndarray, float]:
+    """Compare ``obs`` with the fitted baseline: its score, standardized residuals ``z`` and the
+    fit's leverage at its date."""
     p, fit = state.params, state.fit
     assert fit is not None
-    pred = design_times_coef(fit.design(np.array([obs.t])), fit.coef)[0]
+    X = fit.design(np.array([obs.t]))
+    pred = design_times_coef(X, fit.coef)[0]
+    lev = float(_fit_leverage(fit, X)[0])
     r = obs.value - pred
-    score = float(np.sqrt(np.mean((r / fit.rmse) ** 2)))
+    z = r / fit.rmse
+    F = z.shape[0]
+    score = float(np.sqrt(feature_sum(z[None] * z[None]) / F)[0])
     residual_norm = float(np.sqrt(np.sum(r * r)))  # not np.linalg.norm: BLAS-free, deterministic
     abs_dev = float(np.mean(np.abs(r)))
     pred_norm = float(np.sqrt(np.sum(pred * pred)))
     pct = 100.0 * residual_norm / pred_norm if pred_norm > 1e-12 else NAN
-    exceeds = score > p.threshold and abs_dev >= p.min_magnitude
-    return ObservationScore(obs.date, obs.index, score, residual_norm, abs_dev, pct, exceeds, False, True)
+    thr = observation_threshold(p, fit.n_obs, fit.coef.shape[0], F, lev)
+    exceeds = score > thr and abs_dev >= p.min_magnitude
+    return ObservationScore(obs.date, obs.index, score, residual_norm, abs_dev, pct, exceeds, False, True), z, lev
+
+
+def _restart(state: ChangeState, event: ChangeEvent, run: list[SeriesObservation]) -> list[ChangeEvent]:
+    """Record ``event`` and start a new segment whose baseline begins with ``run``."""
+    state.events.append(event)
+    state.pending, state.buffer, state.fit = [], [], None
+    state.cusum, state.cusum_run = None, []
+    state.segment += 1
+    for o in run:
+        o.score = NAN
+        _ingest(state, o)
+    return [event]
 
 
 def _extend_run(state: ChangeState, obs: SeriesObservation, score: float) -> list[ChangeEvent]:
@@ -234,16 +277,41 @@ def _extend_run(state: ChangeState, obs: SeriesObservation, score: float) -> lis
     if outlier is not None:
         del state.pending[outlier]  # departs in its own direction: not part of the change
         return []
-    event = _make_event(state)
-    state.events.append(event)
     run = state.pending
-    # restart: the new baseline starts at the change's first observation
-    state.pending, state.buffer, state.fit = [], [], None
-    state.segment += 1
-    for o in run:
-        o.score = NAN
-        _ingest(state, o)
-    return [event]
+    return _restart(state, _make_event(state, run, run[-1]), run)
+
+
+def _cusum_update(state: ChangeState, obs: SeriesObservation, z: np.ndarray, lev: float,
+                  score: float) -> list[ChangeEvent]:
+    """Advance the CUSUM with ``z``; confirm a subtle shift when it crosses its limit and most of
+    its run supports it (then dated by :func:`onset_position` and restarted from there)."""
+    p, fit = state.params, state.fit
+    assert fit is not None
+    F, n, P = z.shape[0], fit.n_obs, fit.coef.shape[0]
+    k0 = cusum_reference(p.cusum_shift, n, P, F)
+    k = float(reference_at(k0, p.cusum_shift, n, P, F, np.array([lev]))[0])
+    h = cusum_limit(F, k0, p.cusum_arl, p.cusum_clip)
+    clip = float(cusum_clip(p.cusum_clip, k0, h, p.k_consecutive))
+    S = np.zeros_like(z) if state.cusum is None else state.cusum
+    S_new, reset = cusum_step(S[None], z[None] / scale_inflation(n, P), np.array([k]), clip)
+    if reset[0]:
+        state.cusum, state.cusum_run = None, []
+        return []
+    state.cusum = S_new[0]
+    state.cusum_run.append(SeriesObservation(obs.index, obs.date, obs.t, obs.value.copy(), score))
+    if len(state.cusum_run) > p.max_run:
+        del state.cusum_run[0]
+    crossed = math.sqrt(float(feature_sum(S_new * S_new)[0])) > h
+    # A departure strong enough to exceed is dated by its consecutive run (the fast path):
+    # the CUSUM waits while such a run is pending.
+    if not crossed or len(state.cusum_run) < p.k_consecutive or state.pending:
+        return []
+    _, Z = _run_residuals(state, state.cusum_run)
+    if run_support(Z, clip) < k:  # carried by a few outliers: start over
+        state.cusum, state.cusum_run = None, []
+        return []
+    run = state.cusum_run[onset_position(Z, p.cusum_clip):]
+    return _restart(state, _make_event(state, run, run[-1]), run)
 
 
 def _ingest(state: ChangeState, obs: SeriesObservation) -> tuple[ObservationScore, list[ChangeEvent]]:
@@ -252,11 +320,16 @@ def _ingest(state: ChangeState, obs: SeriesObservation) -> tuple[ObservationScor
         unscored = _collect_baseline(state, obs)
         if unscored is not None:
             return unscored, []
-    result = _score(state, obs)
-    if not result.exceeds:
+    result, z, lev = _score(state, obs)
+    if result.exceeds:
+        events = _extend_run(state, obs, result.score)
+        if events:
+            return result, events
+    else:
         state.pending = []
+    if not state.params.cusum:
         return result, []
-    return result, _extend_run(state, obs, result.score)
+    return result, _cusum_update(state, obs, z, lev, result.score)
 
 
 def update(

@@ -37,18 +37,31 @@ class DetectorParams:
             including this date (needs >= 3 of them, otherwise the count rule applies).
         n_harmonics: annual harmonics of the baseline (default 1).
         trend: linear trend in the baseline (default False).
-        threshold: an observation exceeds when its RMS robust z-score is above this
-            (default 4.0).
+        restart_trend: baselines after a confirmed change also fit a linear trend (default
+            True): the new land cover is often a recovery (regrowth), which a flat model would
+            flag again.
+        trend_min_t: a restarted baseline keeps a feature's slope only when its t-statistic is
+            at least this (default 3.0): a slope fitted to one year and extrapolated for years
+            must be real, or it would itself look like a change.
+        alpha: false-exceedance probability per observation of the fast test (default 1e-4).
+            An observation exceeds when its standardized residuals' sum of squares is above
+            ``F * (1 + p / n) * f.ppf(1 - alpha, F, nu)``: an F-distribution quantile, so the
+            threshold widens for many features ``F`` and for short baselines (``n`` clear
+            observations, ``p`` coefficients, ``nu = n - p`` degrees of freedom of the
+            scale).
+        threshold: fixed RMS z-score threshold instead of ``alpha`` (default None = use ``alpha``).
         k_consecutive: consecutive exceeding clear observations that confirm a change
             (default 3).
+        cusum: also run the multivariate CUSUM for subtle persistent shifts (default True).
+        cusum_shift: the shift (baseline-sd units, norm over features) the CUSUM is tuned to
+            detect fastest (default 1.0; its reference value is half of it).
+        cusum_arl: in-control average run length (clear observations between false alarms on
+            Gaussian noise) the CUSUM's decision limit is calibrated to (default 20000).
+        cusum_clip: standardized residual vectors are shrunk to this norm before they enter
+            the CUSUM (default 3.0), so one outlier adds at most ``clip - shift / 2``.
+        max_run: observations of a CUSUM run kept for dating and restarting (default 52).
         min_magnitude: an exceeding observation must also have a mean absolute deviation
             (value units) of at least this (default 0 = off).
-        min_run_cosine: when a run reaches ``k_consecutive`` observations, the member whose
-            standardized residual vector has the lowest cosine to the median standardized
-            residual of the other members is removed from the run (and the run waits for
-            another exceeding observation) if that cosine is below this (default 0.5; -1
-            disables the check). Keeps unflagged outliers (clouds, haze) from starting a run
-            early or adding up to a false change.
         robust: robust (IRLS) baseline fit (default True).
         ridge: ridge penalty of the baseline fit (default 1e-3).
         min_rmse: floor of the per-feature baseline scale (default 1e-6).
@@ -63,8 +76,16 @@ class DetectorParams:
     baseline_end: datetime | None = None
     n_harmonics: int = 1
     trend: bool = False
-    threshold: float = 4.0
+    restart_trend: bool = True
+    trend_min_t: float = 3.0
+    alpha: float = 1e-4
+    threshold: float | None = None
     k_consecutive: int = 3
+    cusum: bool = True
+    cusum_shift: float = 1.0
+    cusum_arl: float = 20000.0
+    cusum_clip: float = 3.0
+    max_run: int = 52
     min_magnitude: float = 0.0
     min_run_cosine: float = 0.5
     robust: bool = True
@@ -85,12 +106,15 @@ class DetectorParams:
             set_("feature_names", tuple(str(n) for n in self.feature_names))
         if self.baseline_years is not None:
             set_("baseline_years", float(self.baseline_years))
-        for k in ("threshold", "min_magnitude", "min_run_cosine", "ridge", "min_rmse"):
+        if self.threshold is not None:
+            set_("threshold", float(self.threshold))
+        for k in ("alpha", "trend_min_t", "cusum_shift", "cusum_arl", "cusum_clip", "min_magnitude", "min_run_cosine", "ridge",
+                  "min_rmse"):
             set_(k, float(getattr(self, k)))
-        for k in ("baseline_obs", "n_harmonics", "k_consecutive", "max_signals"):
+        for k in ("baseline_obs", "n_harmonics", "k_consecutive", "max_signals", "max_run"):
             set_(k, int(getattr(self, k)))
-        set_("trend", bool(self.trend))
-        set_("robust", bool(self.robust))
+        for k in ("trend", "restart_trend", "cusum", "robust"):
+            set_(k, bool(getattr(self, k)))
 
     def _validate(self) -> None:
         if self.baseline_obs < MIN_BASELINE_OBS:
@@ -99,8 +123,14 @@ class DetectorParams:
             raise ValueError("k_consecutive must be >= 1")
         if self.n_harmonics < 0:
             raise ValueError("n_harmonics must be >= 0")
-        if not self.threshold > 0:
-            raise ValueError("threshold must be > 0")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ValueError("threshold must be > 0 (or None to use alpha)")
+        if not 0.0 < self.alpha < 0.5:
+            raise ValueError("alpha must be in (0, 0.5)")
+        if not (self.cusum_shift > 0 and self.cusum_clip > self.cusum_shift / 2 and self.cusum_arl >= 10):
+            raise ValueError("cusum_shift must be > 0, cusum_clip > cusum_shift / 2, cusum_arl >= 10")
+        if self.max_run < self.k_consecutive:
+            raise ValueError("max_run must be >= k_consecutive")
         if self.min_magnitude < 0 or self.ridge < 0 or not self.min_rmse > 0:
             raise ValueError("min_magnitude and ridge must be >= 0, min_rmse > 0")
         if not -1.0 <= self.min_run_cosine <= 1.0:

@@ -20,7 +20,7 @@ from clay_core.change.timeutil import to_datetime
 
 __all__ = ["STATE_VERSION", "ChangeEvent", "ChangeState", "ObservationScore", "SeriesObservation"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 NAN = float("nan")
 
 
@@ -164,6 +164,8 @@ class ChangeState:
     buffer: list[SeriesObservation] = field(default_factory=list)
     pending: list[SeriesObservation] = field(default_factory=list)
     events: list[ChangeEvent] = field(default_factory=list)
+    cusum: np.ndarray | None = None  # the CUSUM statistic [F] (None = zero)
+    cusum_run: list[SeriesObservation] = field(default_factory=list)  # observations since its last restart
 
     @classmethod
     def new(cls, **params: Any) -> ChangeState:
@@ -186,6 +188,8 @@ class ChangeState:
             "buffer": [o.to_dict() for o in self.buffer],
             "pending": [o.to_dict() for o in self.pending],
             "events": [e.to_dict() for e in self.events],
+            "cusum": None if self.cusum is None else self.cusum.tolist(),
+            "cusum_run": [o.to_dict() for o in self.cusum_run],
         }
 
     @classmethod
@@ -202,4 +206,6 @@ class ChangeState:
             buffer=[SeriesObservation.from_dict(o) for o in d["buffer"]],
             pending=[SeriesObservation.from_dict(o) for o in d["pending"]],
             events=[ChangeEvent.from_dict(e) for e in d["events"]],
+            cusum=None if d.get("cusum") is None else np.asarray(d["cusum"], dtype=np.float64),
+            cusum_run=[SeriesObservation.from_dict(o) for o in d.get("cusum_run", [])],
         )
