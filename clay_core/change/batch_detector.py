@@ -151,7 +151,8 @@ def _fit_baselines(tab: ChipTable, rows: np.ndarray, p: DetectorParams) -> None:
         n, trend = int(key // 2), bool(key % 2)
         g = rows[(n_of == n) & (trend_of == trend)]
         b = fit_harmonic_batch(tab["det_buf_t"][g, :n], tab["det_buf_value"][g, :n], p.n_harmonics, trend,
-                               p.robust, p.ridge, min_rmse=p.min_rmse, trend_min_t=None if p.trend else p.trend_min_t)
+                               p.robust, p.ridge, min_rmse=p.min_rmse, trend_min_t=None if p.trend else p.trend_min_t,
+                               serial_lags=p.serial_lags)
         P = b.coef.shape[1]
         tab["det_fit_coef"][g] = 0.0
         tab["det_fit_coef"][g, :P] = b.coef

@@ -128,7 +128,7 @@ def _fit_baseline(state: ChangeState) -> None:
     Y = np.stack([o.value for o in state.buffer])
     state.fit = fit_harmonic(
         t, Y, p.n_harmonics, _baseline_trend(state), p.robust, p.ridge, min_rmse=p.min_rmse,
-        trend_min_t=None if p.trend else p.trend_min_t,
+        trend_min_t=None if p.trend else p.trend_min_t, serial_lags=p.serial_lags,
     )
     state.buffer = []
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BatchFit", "HarmonicFit", "design_times_coef", "leverage", "fit_harmonic", "fit_harmonic_batch", "harmonic_design"]
+__all__ = ["BatchFit", "HarmonicFit", "design_times_coef", "leverage", "serial_factor", "fit_harmonic", "fit_harmonic_batch", "harmonic_design"]
 
 _MAD_TO_SD = 1.4826  # median |N(0, 1)| -> sd
 _HUBER_C = 1.345
@@ -301,12 +301,37 @@ def _start_weights(Y: np.ndarray) -> np.ndarray:
     return np.where(np.abs(Y - med) <= _GROSS * spread + 1e-12, 1.0, 0.0)
 
 
-def _fit_model(t, Y, t0, h, tr, robust, ridge, min_rmse, max_iter, tol) -> tuple[np.ndarray, np.ndarray]:
+def serial_factor(R: np.ndarray, scale: np.ndarray, lags: int) -> np.ndarray:
+    """``sqrt`` of the long-run over the one-step variance of residuals ``R [C, n, F]`` (time order).
+
+    Bartlett-weighted autocorrelations up to ``lags`` (Newey-West) of the residuals capped at
+    2.5 ``scale``, floored at 1: a model that misses part of the seasonal shape leaves runs of
+    same-signed residuals, which add up in a CUSUM and fill a run of consecutive exceedances
+    as a real change would. Dividing the residuals by this factor makes the detector judge a
+    departure against the noise as it actually behaves over weeks, not over one observation.
+    """
+    n = R.shape[1]
+    if lags <= 0 or n <= 2 * lags + 2:
+        return np.ones_like(scale)
+    cap = _WINSOR * scale[:, None, :]
+    Rc = np.clip(R, -cap, cap)
+    Rc = Rc - _sum_axis1(Rc)[:, None, :] / n
+    var = _sum_axis1(Rc * Rc) / n
+    total = np.zeros_like(scale)
+    for lag in range(1, lags + 1):
+        rho = _sum_axis1(Rc[:, lag:] * Rc[:, :-lag]) / n / np.maximum(var, 1e-300)
+        total = total + 2.0 * (1.0 - lag / (lags + 1.0)) * rho
+    return np.sqrt(np.maximum(1.0 + total, 1.0))
+
+
+def _fit_model(t, Y, t0, h, tr, robust, ridge, min_rmse, max_iter, tol, serial_lags=0) -> tuple[np.ndarray, np.ndarray]:
     X = _design_batch(t, h, tr, t0)
     coef = _wls(X, Y, _start_weights(Y) if robust else np.ones_like(Y), ridge)
     if robust and t.shape[1] > X.shape[2]:
         coef = _irls(X, Y, coef, ridge, min_rmse, max_iter, tol)
-    return coef, _residual_scale(Y - _predict_batch(X, coef), X.shape[2], robust, min_rmse)
+    R = Y - _predict_batch(X, coef)
+    scale = _residual_scale(R, X.shape[2], robust, min_rmse)
+    return coef, scale * serial_factor(R, scale, serial_lags)
 
 
 def _unscaled_cov(t: np.ndarray, t0: np.ndarray, h: int, trend: bool) -> np.ndarray:
@@ -361,14 +386,14 @@ def _drop_weak_trends(t, Y, t0, h, coef, rmse, cov, min_t, fit_args) -> None:
 def _fit_batch(
     t_years: np.ndarray, Y: np.ndarray, n_harmonics: int = 1, trend: bool = False, robust: bool = True,
     ridge: float = 1e-3, *, min_rmse: float = 1e-6, min_obs_per_coef: float = 3.0, max_iter: int = 50,
-    tol: float = 1e-10, trend_min_t: float | None = None,
+    tol: float = 1e-10, trend_min_t: float | None = None, serial_lags: int = 0,
 ) -> BatchFit:
     t = np.asarray(t_years, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     C, n = t.shape
     h, tr = _choose_model(n, n_harmonics, trend, min_obs_per_coef)
     t0 = _sum_axis1(t) / n
-    fit_args = (robust, ridge, min_rmse, max_iter, tol)
+    fit_args = (robust, ridge, min_rmse, max_iter, tol, serial_lags)
     coef, rmse = _fit_model(t, Y, t0, h, tr, *fit_args)
     cov = _unscaled_cov(t, t0, h, tr)
     if tr and trend_min_t is not None:
@@ -389,6 +414,7 @@ def fit_harmonic(
     max_iter: int = 50,
     tol: float = 1e-10,
     trend_min_t: float | None = None,
+    serial_lags: int = 0,
 ) -> HarmonicFit:
     """Fit the harmonic model of :func:`harmonic_design` to ``y``, per feature.
 
@@ -415,6 +441,8 @@ def fit_harmonic(
         trend_min_t: with a trend, keep a feature's slope only if its t-statistic (slope over
             ``scale / sqrt(sum (t - t0)^2)``) is at least this; other features get slope 0 and
             the coefficients and scale of the fit without a trend (``None``: keep every slope).
+        serial_lags: multiply the scale by :func:`serial_factor` over this many lags (0 = off;
+            the observations must be in time order).
 
     Returns:
         :class:`HarmonicFit`; ``rmse`` is the robust residual scale (``robust=True``) or the
@@ -426,7 +454,8 @@ def fit_harmonic(
     """
     t, Y, univariate = _finite_rows(t_years, y)
     b = fit_harmonic_batch(t[None], Y[None], n_harmonics, trend, robust, ridge, min_rmse=min_rmse,
-                           min_obs_per_coef=min_obs_per_coef, max_iter=max_iter, tol=tol, trend_min_t=trend_min_t)
+                           min_obs_per_coef=min_obs_per_coef, max_iter=max_iter, tol=tol, trend_min_t=trend_min_t,
+                           serial_lags=serial_lags)
     return HarmonicFit(
         coef=b.coef[0], rmse=b.rmse[0], n_obs=b.n_obs, n_harmonics_used=b.n_harmonics_used, trend=b.trend,
         t0=float(b.t0[0]), univariate=univariate, t_min=float(b.t_min[0]), t_max=float(b.t_max[0]),
