@@ -1,4 +1,15 @@
-"""Change-detection evaluation: dated events vs planted clearings, and a real forest cube.
+"""Change-detection evaluation: ours vs nrt's monitors and COLD, simulated, planted and real.
+
+One run, four parts (``--parts``), then ONE side-by-side table (arm, config, method, series,
+events, precision, recall, F1, onset error median / p90, false events per 100 series, seconds
+per 1,000 series); method and definitions in ``docs/benchmarks_change.md``.
+
+* ``sim``: nrt's simulator (``_change_sim``): ours vs nrt EWMA, CuSum, MoSum, CCDC at four
+  break magnitudes x two noise levels.
+* ``planted``: part 1 below (Clay embeddings of the synthetic world, planted clearings).
+* ``real``: nrt's real Sentinel-2 cube pixel by pixel (``_change_real``): ours and nrt CCDC vs
+  pyxccd's COLD as the reference.
+* ``chips``: part 2 below (the same cube in 32 px chips through Clay embeddings).
 
 Part 1, synthetic (truth known). ``SyntheticWorld`` tiles with a weekly revisit over ~2.5
 years (seasonal cycle, clouds on every 5th acquisition, per-pixel noise) and forest
@@ -35,8 +46,9 @@ px, 10 m, EPSG:3035, 140 dates 2015-2021, real forest loss), chipped 32 px (3 x 
 SCL cloud classes {1, 3, 8, 9, 10} and nodata {0}, chips with > 20 % cloud dropped. There
 are no reference dates, so every flagged event is reported against the chip's NDVI series.
 
-    .venv/bin/python benchmarks/change_eval.py                 # both parts, ~3 min on 2 cores
-    .venv/bin/python benchmarks/change_eval.py --skip-nrt --scenarios clouds
+    .venv/bin/python benchmarks/change_eval.py                 # every part
+    .venv/bin/python benchmarks/change_eval.py --parts sim,real   # the reference comparisons only
+    .venv/bin/python benchmarks/change_eval.py --quick            # small sizes (smoke test)
     .venv/bin/python benchmarks/change_eval.py --json results.json
 """
 
@@ -58,6 +70,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._change_refs import Row, format_table, ours_backend  # noqa: E402
 from clay_core.change import DetectorParams, detect_changes, distances_to_previous, fit_incremental  # noqa: E402
 from clay_core.chips import ChipParams, ChipSet, chip_id, chip_scene  # noqa: E402
 from clay_core.encoder.engine import embed_chips  # noqa: E402
@@ -90,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--haze-dn", type=float, default=400.0, help="clouds+haze: max haze in blue (DN)")
     d = ap.add_argument_group("detector")
     d.add_argument("--pcs", type=int, default=8, help="principal components fed to detect_changes")
-    d.add_argument("--threshold", type=float, default=4.0)
+    d.add_argument("--threshold", type=float, default=None,
+                   help="fixed RMS z-score threshold (default: the detector's F-test at its alpha)")
     d.add_argument("--k-consecutive", type=int, default=3)
     d.add_argument("--n-harmonics", type=int, default=1)
     d.add_argument("--min-run-cosine", type=float, default=DetectorParams().min_run_cosine,
@@ -102,8 +116,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--nrt-path", default=None, help=f"default: <site-packages>/nrt/data/{NRT_FILE}")
     r.add_argument("--nrt-chip-size", type=int, default=32)
     r.add_argument("--nrt-extra-mask", default="", help="extra SCL classes to mask, e.g. 11 (snow)")
-    ap.add_argument("--skip-synthetic", action="store_true")
-    ap.add_argument("--skip-nrt", action="store_true")
+    m = ap.add_argument_group("simulator (nrt.data.simulate)")
+    m.add_argument("--sim-size", type=int, default=20, help="each config is a size x size cube of series")
+    m.add_argument("--sim-magnitudes", default="0.03,0.08;0.08,0.12;0.12,0.2;0.2,0.3",
+                   help="break magnitude intervals, 'lo,hi;lo,hi'")
+    m.add_argument("--sim-noises", default="0.02,0.03;0.03,0.04", help="noise sd intervals, 'lo,hi;lo,hi'")
+    m.add_argument("--sim-seed", type=int, default=1, help="config i,j uses seed + 100 i + j")
+    x = ap.add_argument_group("real pixels (COLD reference)")
+    x.add_argument("--real-pixels", type=int, default=2000, help="random subset of the 100 x 100 pixels (0 = all)")
+    x.add_argument("--real-seed", type=int, default=0)
+    x.add_argument("--real-err-window", type=int, default=6,
+                   help="onset errors vs COLD come from matches within +- this many clear obs")
+    ap.add_argument("--parts", default="sim,planted,real,chips", help="any of sim, planted, real, chips")
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke test (~2 min)")
+    ap.add_argument("--skip-synthetic", action="store_true", help="same as leaving planted out of --parts")
+    ap.add_argument("--skip-nrt", action="store_true", help="same as leaving chips out of --parts")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--json", type=Path, default=None, help="write all results as JSON here")
@@ -326,6 +353,10 @@ def _baseline_scores(series, dist, truth: dict[str, int], args: argparse.Namespa
     return scores
 
 
+def _setting(params: DetectorParams) -> str:
+    return f"thr={params.threshold:g}" if params.threshold is not None else f"alpha={params.alpha:g}"
+
+
 def run_synthetic(args: argparse.Namespace, encoder) -> dict:
     world = synthetic_world(args)
     start = datetime.combine(world.epoch, datetime.min.time(), timezone.utc)
@@ -340,7 +371,7 @@ def run_synthetic(args: argparse.Namespace, encoder) -> dict:
           f"{len(planted)} clearings at acquisitions {sorted({world.acquisition_index(p.acquired) for p in planted})}, "
           f"{len(truth_date)} truth chips")
     print(f"   detector: detect_changes on the first {args.pcs} PCs (one basis over all embeddings), "
-          f"threshold={args.threshold}, k_consecutive={args.k_consecutive}, n_harmonics={args.n_harmonics}, "
+          f"{_setting(params)}, k_consecutive={args.k_consecutive}, n_harmonics={args.n_harmonics}, "
           f"min_run_cosine={args.min_run_cosine}, 1-year baseline; TP tolerance +-{args.tolerance} clear obs")
     results: dict = {"world": {"tiles": list(world.tiles), "size": args.size, "weeks": args.weeks,
                                "chip_size": args.chip_size, "clearings": len(planted),
@@ -362,11 +393,17 @@ def run_synthetic(args: argparse.Namespace, encoder) -> dict:
                 after = [i for i, d in enumerate(s.dates) if d.date() >= truth_date[s.chip]]
                 if after:
                     truth[s.chip] = after[0]
+        t_det = time.perf_counter()
         events = detector_events(series, X, params)
-        scores = [score_events(f"changepoint ({args.pcs} PCs)", f"thr={args.threshold:g}", events, truth, args.tolerance)]
+        t_det = time.perf_counter() - t_det
+        scores = [score_events(f"changepoint ({args.pcs} PCs)", _setting(params), events, truth, args.tolerance)]
         if params.min_run_cosine > -1.0:  # ablation: the same detector without the run consistency check
             plain = replace(params, min_run_cosine=-1.0)
-            scores.append(score_events("changepoint, no consistency check", f"thr={args.threshold:g}",
+            scores.append(score_events("changepoint, no consistency check", _setting(plain),
+                                       detector_events(series, X, plain), truth, args.tolerance))
+        if params.cusum:  # ablation: the persistence rule alone (the detector before the CUSUM)
+            plain = replace(params, cusum=False)
+            scores.append(score_events("changepoint, no CUSUM", _setting(plain),
                                        detector_events(series, X, plain), truth, args.tolerance))
         dist = {s.chip: distances_to_previous(E[s.rows]) for s in series}
         scores.extend(_baseline_scores(series, dist, truth, args))
@@ -393,12 +430,31 @@ def run_synthetic(args: argparse.Namespace, encoder) -> dict:
               f"truth chips with an event at any date: {det.truth_any}/{len(truth)}")
         if args.verbose or det.fp or det.fn:
             _print_event_details(events, truth, series, args.tolerance)
+        results.setdefault("rows", []).extend(_planted_rows(scenario, scores, len(series), t_det))
         results["scenarios"][scenario] = {
             "chips": len(chips), "series": len(series), "seconds_embed": t_embed,
             "seconds_chip": t_chip, "scores": [sc.__dict__ for sc in scores],
         }
     results["summary"] = [{"scenario": s, **sc.__dict__} for s, sc in all_scores]
     return results
+
+
+def _planted_rows(scenario: str, scores: list[Score], n_series: int, t_detect: float) -> list[Row]:
+    """The detector, its ablation and the designated and oracle baselines as summary rows."""
+    keep = [sc for sc in scores if not sc.method.startswith("baseline:") or sc.setting.endswith("*")]
+    rows = []
+    for sc in keep:
+        err = np.asarray(sc.errors, dtype=float)
+        rows.append(Row(
+            "planted", f"{scenario}, {sc.setting}", "ours" if sc is scores[0] else sc.method, n_series, sc.events,
+            sc.tp, sc.fp, sc.fn, sc.precision, sc.recall, sc.f1,
+            float(np.median(err)) if err.size else float("nan"),
+            float(np.quantile(np.abs(err), 0.9)) if err.size else float("nan"),
+            100.0 * sc.fp / n_series, 1000.0 * t_detect / n_series if sc is scores[0] else float("nan"),
+            "chip series of Clay embeddings (first PCs); s/1000 = detector only, embedding excluded"
+            if sc is scores[0] else "",
+        ))  # fmt: skip
+    return rows
 
 
 def _print_event_details(events: list[Event], truth: dict[str, int], series: list[Series], tol: int) -> None:
@@ -543,7 +599,7 @@ def run_nrt(args: argparse.Namespace, encoder) -> dict:
            f"{'NDVI after':>10} {'steepest NDVI drop':>19}  " + " ".join(f"{y:>5}" for y in years))
     print("   (last columns: median May-Sep NDVI per year)")
     print(hdr)
-    rows = []
+    rows, t_det = [], 0.0
     for s in series:
         g = ndvi[(ndvi["chip_id"] == s.chip) & (ndvi["datetime"].isin(chips.meta.loc[s.rows, "datetime"]))]
         g = g.sort_values("datetime")
@@ -554,7 +610,9 @@ def run_nrt(args: argparse.Namespace, encoder) -> dict:
         for yv in years:
             sel = [v for d, v in zip(nd_dates, nd) if d.year == yv and 5 <= d.month <= 9 and np.isfinite(v)]
             per_year.append(float(np.median(sel)) if sel else float("nan"))
+        t1 = time.perf_counter()
         evs = detect_changes(s.dates, X[s.rows], params=params)
+        t_det += time.perf_counter() - t1
         drop_s = f"{drop_date:%Y-%m-%d} {drop:+.2f}" if drop_date else "-"
         yr_s = " ".join(f"{v:>5.2f}" if np.isfinite(v) else f"{'-':>5}" for v in per_year)
         for e in evs or [None]:
@@ -588,23 +646,66 @@ def run_nrt(args: argparse.Namespace, encoder) -> dict:
     for chip in sorted(loss):
         print(f"{chip:<14} " + " ".join(f"{loss[chip][y]:>6.1f}" for y in loss_years)
               + "   " + (", ".join(ev_by_chip.get(chip, [])) or "-"))
+    n_ev = sum(r["first_date"] is not None for r in rows)
+    summary = Row("real", f"chips {args.nrt_chip_size} px of the same cube", "ours (Clay PCs)", len(series), n_ev,
+                  0, 0, 0, *(float("nan"),) * 6, 1000.0 * t_det / max(len(series), 1),
+                  "no reference dates: events listed above against NDVI and the pixel-loss table")
     return {"file": str(path), "cloud_classes": list(cloud_classes), "chips": len(chips), "events": rows,
+            "rows": [summary],
             "pixel_loss_pct": {k: {str(y): v for y, v in d.items()} for k, d in loss.items()}}
+
+
+PARTS = ("sim", "planted", "real", "chips")
+
+
+def _parts(args: argparse.Namespace) -> list[str]:
+    """``--parts`` (minus the ``--skip-*`` ones); ``--quick`` shrinks every part's size."""
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    bad = sorted(set(parts) - set(PARTS))
+    if bad:
+        raise SystemExit(f"--parts: unknown {bad}; use any of {', '.join(PARTS)}")
+    parts = [p for p in parts if not (p == "planted" and args.skip_synthetic) and not (p == "chips" and args.skip_nrt)]
+    if args.quick:
+        args.sim_size, args.real_pixels = 6, 100
+        args.sim_magnitudes = ";".join(args.sim_magnitudes.split(";")[::3])  # smallest and largest
+        args.sim_noises = args.sim_noises.split(";")[0]
+        args.tiles, args.size, args.scenarios = args.tiles.split(",")[0], 256, "clouds"
+    return parts
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    parts = _parts(args)
     t0 = time.perf_counter()
-    encoder = build_encoder("tiny", seed=0)
-    print(f"change_eval: tiny Clay encoder (seed 0) on CPU, {torch.get_num_threads()} torch threads")
+    print(f"change_eval: parts {', '.join(parts)}; our detector through {ours_backend()}")
     out: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    if not args.skip_synthetic:
+    rows: list[Row] = []
+    if "sim" in parts:
+        from benchmarks._change_sim import run_sim, sim_configs
+
+        print("\n== simulator: nrt.data.simulate cubes, ours vs nrt EWMA / CuSum / MoSum / CCDC")
+        rows += run_sim(sim_configs(args.sim_magnitudes, args.sim_noises, args.sim_size, args.sim_seed))
+    encoder = None
+    if "planted" in parts or "chips" in parts:
+        encoder = build_encoder("tiny", seed=0)
+        print(f"\ntiny Clay encoder (seed 0) on CPU, {torch.get_num_threads()} torch threads")
+    if "planted" in parts:
         out["synthetic"] = run_synthetic(args, encoder)
-    if not args.skip_nrt:
+        rows += out["synthetic"].get("rows", [])
+    if "real" in parts:
+        from benchmarks._change_real import run_real
+
+        print("\n== real pixels: nrt's Sentinel-2 cube, ours and nrt CCDC vs pyxccd COLD")
+        rows += run_real(args.real_pixels, args.real_seed, args.tolerance, args.real_err_window)
+    if "chips" in parts:
         out["nrt"] = run_nrt(args, encoder)
+        rows += out["nrt"]["rows"]
     out["seconds"] = time.perf_counter() - t0
+    out["summary_rows"] = [r.to_dict() for r in rows]
+    print(f"\n== summary (our detector as of this run, via {ours_backend()}); err = onset error in "
+          "observations (median signed, p90 of |err|); s/1000 = seconds per 1,000 series\n" + format_table(rows))
     print(f"\ntotal {out['seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str, allow_nan=True))

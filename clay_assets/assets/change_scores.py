@@ -7,8 +7,11 @@ a robust z-score among the tile's chips on that date, and a per-date change flag
 chip's principal components from window to window: its state is saved with the partition, so
 a new window updates it incrementally instead of recomputing history, and confirmed changes
 (first date, confirmation date, magnitude) are written to ``events.parquet`` and, by
-``vectors``, to ``clay.change_events``. Windows are scored oldest first. Metadata: a
-change-intensity map, a GeoJSON grid of chip scores and PC1 time series of the most-changed chips.
+``vectors``, to ``clay.change_events``. Windows are scored oldest first. A pixel path
+(``clay_core.change.pixels``: nrt's MoSum on the NDVI of the chip cube's pixels, carried the
+same way) adds per chip the share of changed pixels and its date, which ``vectors`` loads into
+``clay.pixel_changes``. Metadata: a change-intensity map, a GeoJSON grid of chip scores, PC1
+time series of the most-changed chips, and the chips whose changed-pixel share exceeds 2%.
 """
 
 from dagster import AssetDep, AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
@@ -22,6 +25,8 @@ from clay_core.change import ChangeResult, load_current, score_change
 from clay_core.types import PartitionId
 
 TOP_COLUMNS = ["chip_id", "cosine_to_baseline", "change_score", "change_flag"]
+PIXEL_REPORT_SHARE = 0.02  # metadata counts chips above this share of changed pixels (false alarms: ~1%)
+PIXEL_TOP = ["chip_id", "pixel_change_fraction", "pixel_change_date", "pixels_monitored"]
 
 
 @asset(
@@ -33,7 +38,8 @@ TOP_COLUMNS = ["chip_id", "cosine_to_baseline", "change_score", "change_flag"]
     # windows out of order). Dagster ignores a self-dependency for staleness once the asset has
     # >= 100 partitions, so the embeddings of the preceding windows are declared too: re-running an
     # old window marks the later ones stale.
-    deps=[AssetDep("embeddings", partition_mapping=history_mapping()), "pca",
+    # The pixel path reads the window's chip cube (earlier ones only to replay a missing state).
+    deps=[AssetDep("embeddings", partition_mapping=history_mapping()), "pca", "chip_cubes",
           AssetDep("change_scores", partition_mapping=previous_window_mapping())],
     description=__doc__,
     # single_run, not batched_policy(): for a self-dependent multi-partitioned asset, Dagster 1.13
@@ -47,7 +53,7 @@ def change_scores(context: AssetExecutionContext, home: ClayHome, change_setting
     basis, params = load_current(layout.root / "pca"), change_settings.params()
 
     def one(pid: PartitionId) -> PartitionOutcome:
-        result = score_change(layout, pid, basis, params)
+        result = score_change(layout, pid, basis, params, open_cube=home.open_cube)
         if result.replayed_windows:
             why = f" ({result.replay_reason})" if result.replay_reason else ""
             context.log.info(f"{pid.tile} {pid.window}: replayed {result.replayed_windows} earlier window(s) "
@@ -80,4 +86,21 @@ def _metadata(result: ChangeResult) -> dict:
         )
         if len(result.events):
             md["events"] = MetadataValue.md(result.events.to_markdown(index=False))
+    return {**md, **_pixel_metadata(result)}
+
+
+def _pixel_metadata(result: ChangeResult) -> dict:
+    px, scores = result.pixels, result.scores
+    if px is None:
+        return {}
+    md = {"pixel_windows_replayed": px.replayed_windows}
+    if px.skipped:
+        md["pixel_skipped"] = px.skipped
+    if "pixels_monitored" in scores:
+        changed = scores[scores["pixel_change_fraction"] > PIXEL_REPORT_SHARE]
+        md["pixel_chips_monitored"] = int((scores["pixels_monitored"] > 0).sum())
+        md["pixel_chips_changed"] = int(changed["chip_id"].nunique())
+        if len(changed):
+            top = changed.sort_values("pixel_change_fraction", ascending=False).head(10)[PIXEL_TOP]
+            md["pixel_changes"] = MetadataValue.md(top.to_markdown(index=False))
     return md

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from dagster import ConfigurableResource
 
 from clay_core.change import ChangeParams, DetectorParams
@@ -21,16 +23,21 @@ class ChangeSettings(ConfigurableResource):
     n_components: int = ChangeParams.n_components
     n_harmonics: int = ChangeParams.n_harmonics
     # Persistent-change detector on the first principal components (clay_core.change.detector);
-    # its own defaults: 12 clear observations spanning >= 1 year of baseline, threshold 4, k 3.
+    # its own defaults: 12 clear observations spanning >= 1 year of baseline, an F-test at
+    # alpha 1e-6 with 3 consecutive exceedances, and a CUSUM for subtle persistent shifts.
     detector_baseline_obs: int = DetectorParams.baseline_obs
-    detector_threshold: float = DetectorParams.threshold
+    detector_alpha: float = DetectorParams.alpha
+    detector_threshold: Optional[float] = None  # a fixed RMS z-score instead of the F-test at alpha
     detector_k: int = DetectorParams.k_consecutive
+    detector_cusum: bool = DetectorParams.cusum
 
     def params(self) -> ChangeParams:
         """The scores' settings, with the detector watching the first ``n_components`` PCs."""
         detector = DetectorParams(
             baseline_obs=self.detector_baseline_obs,
+            alpha=self.detector_alpha,
             threshold=self.detector_threshold,
+            cusum=self.detector_cusum,
             k_consecutive=self.detector_k,
             n_harmonics=self.n_harmonics,
             feature_names=tuple(f"pc{i + 1}" for i in range(self.n_components)),

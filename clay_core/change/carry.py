@@ -29,7 +29,7 @@ __all__ = [
 
 CARRY_FILE = "carry.npz"
 CARRY_HEADER = "carry.json"
-CARRY_FORMAT = 1  # bump when the columns change meaning: older carries are then replayed
+CARRY_FORMAT = 2  # bump when the columns change meaning: older carries are then replayed
 
 
 def _blank(dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

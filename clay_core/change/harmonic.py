@@ -23,6 +23,7 @@ _BISQUARE_C = 4.685
 _N_HUBER = 5  # Huber iterations before switching to the bisquare
 _WINSOR = 2.5  # residual scale: squared residuals capped at (2.5 robust sd's)^2 ...
 _WINSOR_CONSISTENCY = 1.0 / math.sqrt(0.97754)  # ... E[min(Z^2, 2.5^2)] = 0.97754 for Gaussian Z
+_WINSOR_MIN_DOF = 10  # ... with at least this many residual degrees of freedom
 
 
 def harmonic_design(
@@ -246,13 +247,18 @@ def _residual_scale(R: np.ndarray, p: int, robust: bool, min_rmse: float) -> np.
     """Per-feature scale of the final residuals ``[C, n, F]``, corrected for the fitted degrees
     of freedom."""
     n = R.shape[1]
-    if robust:
+    if robust and n - p < _WINSOR_MIN_DOF:
+        # few residuals: a robust fit can pass through all but one of them, so only the
+        # median absolute deviation is safe
+        dof = math.sqrt(n / (n - p)) if n > p else 1.0
+        scale = _MAD_TO_SD * np.median(np.abs(R), axis=1) * dof
+    elif robust:
         # Winsorized RMS: residuals capped at 2.5 median-absolute-deviation sd's. About as
         # robust to a few outliers as the MAD, but about twice as efficient (a MAD from 50
         # residuals is off by ~16 %, this by ~11 %), which the CUSUM's false alarms depend on.
         mad = np.maximum(_MAD_TO_SD * np.median(np.abs(R), axis=1), 1e-300)
         capped = np.minimum(R * R, (_WINSOR * mad[:, None, :]) ** 2)
-        scale = np.sqrt(_sum_axis1(capped) / (n - p if n > p else n)) * _WINSOR_CONSISTENCY
+        scale = np.sqrt(_sum_axis1(capped) / (n - p)) * _WINSOR_CONSISTENCY
     else:
         scale = np.sqrt(_sum_axis1(R**2) / (n - p if n > p else n))
     return np.maximum(scale, min_rmse)

@@ -11,12 +11,17 @@ history (:mod:`clay_core.change.scores`), advances each chip's persistent-change
                           /chips.geojson      chip polygons with their scores
                           /carry.npz          per chip what the next window needs (carry.py)
                           /carry.json         the basis, parameters and window it was made with
+                          /pixels.npz, .json  the pixel path's per chip state (pixels.py)
                           /manifest.json
 
 The incremental path reads the current window's embeddings and the previous change
 partition's carry, nothing older. Without a usable carry (none yet, another PCA version or
 other parameters, or embedding windows scored since) the earlier windows are replayed from
 their embeddings with the same per-window step, and the result says how many and why.
+
+The pixel path (:mod:`clay_core.change.pixels`) runs beside it on the window's chip cube:
+``scores.parquet`` gains ``pixel_change_fraction``, ``pixel_change_date`` and
+``pixels_monitored``, and its state is carried and replayed the same way (from chip cubes).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from clay_core.change.batch_detector import detector_columns
 from clay_core.change.carry import CarryHeader, ChipTable, load_carry, read_header, save_carry
 from clay_core.change.params import ChangeParams
 from clay_core.change.pca import PcaBasis, fit_incremental, next_version, set_current
+from clay_core.change.pixels import PixelParams, PixelStep, advance_pixels, save_pixel_state
 from clay_core.change.scores import score_columns, score_window, top_changed, window_order
 from clay_core.change.series_plots import append_series, pc1_series_pngs, series_columns
 from clay_core.change.tracking import advance_events
@@ -43,7 +49,8 @@ from clay_core.storage import (CHANGE, CHIPS, EMBEDDINGS, Layout, atomic_dir, ch
                                 read_manifest, write_manifest)
 from clay_core.types import Observations, PartitionId
 
-__all__ = ["ChangeResult", "PcaFit", "fit_pca", "new_table", "previous_carry", "read_window", "score_change", "step_window"]
+__all__ = ["ChangeResult", "PcaFit", "fit_pca", "new_table", "pixel_params", "previous_carry", "read_window",
+           "score_change", "step_window"]
 
 MIN_PCA_COMPONENTS = 8  # fitted whatever number of components the scores use
 SERIES_PLOTS = 3  # most-changed chips whose PC1 series are drawn
@@ -144,6 +151,7 @@ class ChangeResult:
     geojson: str | None = None
     series_pngs: tuple[tuple[str, bytes], ...] = ()  # (chip id, PC1 series PNG), most changed first
     replay_reason: str | None = None  # why earlier windows were replayed from their embeddings
+    pixels: PixelStep | None = None  # the pixel path's window (None: switched off)
 
     @property
     def geojson_path(self) -> Path:
@@ -263,12 +271,32 @@ def _history(
     return tab, with_obs, replayed, reason if replayed else None
 
 
-def score_change(layout: Layout, pid: PartitionId, basis: PcaBasis, params: ChangeParams) -> ChangeResult:
+def pixel_params(params: ChangeParams, pixels: PixelParams) -> PixelParams:
+    """``pixels`` with the detector's ``baseline_end`` as the history end when it sets none."""
+    if pixels.history_end is None and params.detector.baseline_end is not None:
+        return replace(pixels, history_end=params.detector.baseline_end)
+    return pixels
+
+
+def _with_pixels(scores: pd.DataFrame, step: PixelStep) -> pd.DataFrame:
+    px = step.scores.assign(datetime=pd.to_datetime(step.scores["datetime"]).astype("datetime64[ns]"))
+    out = scores.merge(px, on=["chip_id", "datetime"], how="left")
+    out["pixels_monitored"] = out["pixels_monitored"].fillna(0).astype("int64")
+    out["pixel_change_fraction"] = out["pixel_change_fraction"].astype("float64")
+    out["pixel_change_date"] = pd.to_datetime(out["pixel_change_date"]).astype("datetime64[ns]")
+    return out
+
+
+def score_change(layout: Layout, pid: PartitionId, basis: PcaBasis, params: ChangeParams, *,
+                 pixels: PixelParams | None = PixelParams(), open_cube: Callable[[str, str], Any] | None = None,
+                 ) -> ChangeResult:  # fmt: skip
     """Score one tile x window partition and write it atomically (see the module docstring).
 
     Continues the carry of the newest earlier change partition when it was made with the same
     basis and parameters; otherwise, and for embedding windows not scored since, replays
     earlier windows from their embeddings (``replayed_windows``, ``replay_reason``).
+    ``pixels``: the pixel path's settings (None: off); ``open_cube(tile, window)`` opens a
+    chip cube for it (default: local cubes).
     """
     current = read_window(layout, pid.tile, pid.window)
     if current is not None:  # NaN would become NaN scores and a poisoned detector state
@@ -276,6 +304,7 @@ def score_change(layout: Layout, pid: PartitionId, basis: PcaBasis, params: Chan
                      f"{pid.window}", f"re-materialize embeddings for {pid.window}|{pid.tile}")
     dim = current.vectors.shape[1] if current is not None else len(basis.mean)
     tab, history, replayed, reason = _history(layout, pid, basis, params, dim)
+    px = advance_pixels(layout, pid, pixel_params(params, pixels), open_cube) if pixels is not None else None
 
     final = layout.partition_dir(CHANGE, pid)
     scores, events = pd.DataFrame(), pd.DataFrame()
@@ -283,19 +312,29 @@ def score_change(layout: Layout, pid: PartitionId, basis: PcaBasis, params: Chan
     with atomic_dir(final) as tmp:
         if current is not None:
             scores, events = step_window(tab, current, basis, params)
+            scores = _with_pixels(scores, px) if px is not None else scores
             scores.to_parquet(tmp / "scores.parquet")
             events.assign(tile=pid.tile).to_parquet(tmp / "events.parquet")
             png, geojson = _write_maps(tmp, layout, pid, scores)
         header = CarryHeader(basis.version, params_record(params), pid.window, history + int(current is not None))
         save_carry(tmp, tab, header)
+        if px is not None:
+            save_pixel_state(tmp, px.table, px.header)
         flagged = int(scores["change_flag"].sum()) if len(scores) else 0
         write_manifest(tmp, {"tile": pid.tile, "window": pid.window, "chips": int(len(scores)),
                              "pca_version": basis.version, "flagged": flagged, "events": int(len(events)),
-                             "replayed_windows": replayed, "replay_reason": reason})
+                             "replayed_windows": replayed, "replay_reason": reason,
+                             **(_pixel_manifest(px, scores) if px is not None else {})})
         files = tuple(final / p.relative_to(tmp) for p in sorted(tmp.rglob("*")) if p.is_file())
 
     series: list[tuple[str, bytes]] = []
     if len(scores):
         series = pc1_series_pngs(tab, top_changed(scores, SERIES_PLOTS)["chip_id"].tolist(), params.detector)
     return ChangeResult(pid, final, files, scores, events, flagged, basis.version, history, replayed,
-                        png, geojson, tuple(series), reason)
+                        png, geojson, tuple(series), reason, px)
+
+
+def _pixel_manifest(px: PixelStep, scores: pd.DataFrame) -> dict[str, Any]:
+    monitored = int((scores["pixels_monitored"] > 0).sum()) if "pixels_monitored" in scores else 0
+    return {"pixel_chips_monitored": monitored, "pixel_replayed_windows": px.replayed_windows,
+            "pixel_replay_reason": px.replay_reason, "pixel_skipped": px.skipped}

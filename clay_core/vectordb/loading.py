@@ -171,6 +171,34 @@ class LoadingMixin:
             cur.execute("DELETE FROM clay.observations WHERE partition_key = %s", (partition_key,))
             return cur.rowcount
 
+    def load_pixel_changes(self, partition_key: str, tile: str, scores: pd.DataFrame) -> int:
+        """Replace the rows of ``partition_key`` in clay.pixel_changes in one transaction.
+
+        ``scores``: the change scores (chip_id, datetime and the pixel path's
+        pixel_change_fraction, pixel_change_date, pixels_monitored); without those columns
+        (the pixel path off) the partition's rows are only deleted."""
+        cols = ["chip_id", "datetime", "pixel_change_fraction", "pixel_change_date", "pixels_monitored"]
+        ok = not scores.empty and set(cols) <= set(scores.columns)
+        rows = [] if not ok else [
+            (partition_key, str(r.chip_id), tile, pd.Timestamp(r.datetime).date(),
+             None if pd.isna(r.pixel_change_fraction) else float(r.pixel_change_fraction),
+             None if pd.isna(r.pixel_change_date) else pd.Timestamp(r.pixel_change_date).date(),
+             int(r.pixels_monitored))
+            for r in scores[cols].itertuples(index=False)
+        ]
+        insert = ("INSERT INTO clay.pixel_changes (partition_key, chip_id, tile, acquired, pixel_change_fraction, "
+                  "pixel_change_date, pixels_monitored) VALUES (%s, %s, %s, %s, %s, %s, %s)")
+        return self._replace_rows("clay.pixel_changes", partition_key, insert, rows, "pixel changes")
+
+    def _replace_rows(self, table: str, partition_key: str, insert: str, rows: list[tuple], what: str) -> int:
+        """DELETE ``table``'s rows of ``partition_key`` and ``insert`` ``rows``, in one transaction."""
+        with self._errors(f"loading {what} of {partition_key}"), self._conn.transaction():
+            cur = self._cursor()
+            cur.execute(f"DELETE FROM {table} WHERE partition_key = %s", (partition_key,))
+            if rows:
+                cur.executemany(insert, rows)
+        return len(rows)
+
     def load_change_events(self, partition_key: str, events: pd.DataFrame) -> int:
         """Replace the events confirmed in ``partition_key`` in one transaction.
 
@@ -183,16 +211,10 @@ class LoadingMixin:
              [str(x) for x in r.signals], None if r.n_obs_baseline is None else int(r.n_obs_baseline))
             for r in events[cols].itertuples(index=False)
         ]
-        with self._errors(f"loading change events of {partition_key}"), self._conn.transaction():
-            cur = self._cursor()
-            cur.execute("DELETE FROM clay.change_events WHERE partition_key = %s", (partition_key,))
-            if rows:
-                cur.executemany(
-                    "INSERT INTO clay.change_events (partition_key, chip_id, tile, first_date, confirmed_date, "
-                    "magnitude, signals, n_obs_baseline) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (chip_id, first_date) DO UPDATE SET partition_key = EXCLUDED.partition_key, "
-                    "confirmed_date = EXCLUDED.confirmed_date, magnitude = EXCLUDED.magnitude, "
-                    "signals = EXCLUDED.signals, n_obs_baseline = EXCLUDED.n_obs_baseline",
-                    [(partition_key, *r) for r in rows],
-                )
-        return len(rows)
+        insert = ("INSERT INTO clay.change_events (partition_key, chip_id, tile, first_date, confirmed_date, "
+                  "magnitude, signals, n_obs_baseline) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                  "ON CONFLICT (chip_id, first_date) DO UPDATE SET partition_key = EXCLUDED.partition_key, "
+                  "confirmed_date = EXCLUDED.confirmed_date, magnitude = EXCLUDED.magnitude, "
+                  "signals = EXCLUDED.signals, n_obs_baseline = EXCLUDED.n_obs_baseline")
+        return self._replace_rows("clay.change_events", partition_key, insert, [(partition_key, *r) for r in rows],
+                                  "change events")

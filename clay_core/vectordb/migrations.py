@@ -12,6 +12,7 @@ Layout (schema ``clay``)::
     clay.class_areas      per partition, date and class: the area a task head predicts
     clay.labels           analysts' labelled chip observations, per named label set
     clay.detections       per label set and observation: the linear probe's score
+    clay.pixel_changes    per chip observation: the pixel path's share of changed pixels and date
 
 Migrations are applied in order, each once, in the transaction of
 ``VectorStore.ensure_schema`` under a transaction-level advisory lock (:data:`ADVISORY_LOCK`),
@@ -35,6 +36,7 @@ __all__ = [
     "DETECTIONS_TABLE",
     "FILTER_INDEXES",
     "LABELS_TABLE",
+    "PIXEL_CHANGES_TABLE",
     "HNSW_INDEX",
     "HNSW_MAX_DIM",
     "HNSW_MAX_DIM_HALFVEC",
@@ -58,6 +60,7 @@ TABLE = "clay.observations"
 CLASS_AREAS_TABLE = "clay.class_areas"
 LABELS_TABLE = "clay.labels"
 DETECTIONS_TABLE = "clay.detections"
+PIXEL_CHANGES_TABLE = "clay.pixel_changes"
 HNSW_INDEX = "observations_embedding_hnsw_idx"
 HNSW_MAX_DIM = 2000  # pgvector's limit for indexed vector columns
 HNSW_MAX_DIM_HALFVEC = 4000  # ... and for halfvec columns (pgvector >= 0.7)
@@ -218,6 +221,28 @@ def _migration_6(dim: int, m: int, ef_construction: int, create_index: bool) -> 
     ]
 
 
+def _migration_8(dim: int, m: int, ef_construction: int, create_index: bool) -> list[str]:
+    """The pixel path's per chip observation results (clay_core.change.pixels), replaced per
+    partition by the loader of the change scores; NULL fraction = history still collected."""
+    return [
+        f"""CREATE TABLE {PIXEL_CHANGES_TABLE} (
+  partition_key text NOT NULL,
+  chip_id text NOT NULL,
+  tile text NOT NULL,
+  acquired date NOT NULL,
+  pixel_change_fraction float8 CHECK (pixel_change_fraction >= 0 AND pixel_change_fraction <= 1),
+  pixel_change_date date,
+  pixels_monitored integer NOT NULL CHECK (pixels_monitored >= 0),
+  PRIMARY KEY (chip_id, acquired)
+)""",
+        f"CREATE INDEX pixel_changes_partition_idx ON {PIXEL_CHANGES_TABLE} (partition_key)",
+        f"CREATE INDEX pixel_changes_tile_acquired_idx ON {PIXEL_CHANGES_TABLE} (tile, acquired)",
+        f"COMMENT ON TABLE {PIXEL_CHANGES_TABLE} IS 'Per chip observation: share of the chip''s monitored "
+        "pixels with a break confirmed by nrt''s MoSum on NDVI so far, the date most of them broke, and "
+        "how many pixels are monitored (0 while the history is collected).'",
+    ]
+
+
 # Secondary indexes for filtered searches: migrations 1 and 2 create them, bulk_load() drops them
 # during a backfill and recreates them from these definitions.
 FILTER_INDEXES = [
@@ -239,6 +264,7 @@ MIGRATIONS: list[tuple[int, str, MigrationFn]] = [
     (_CLASS_AREAS_VERSION, _CLASS_AREAS_DESCRIPTION, _migration_5),
     (6, "clay.labels, clay.detections (labelled search, probe scores)", _migration_6),
     (7, "clay.changed_chips (change between two dates by embeddings)", _migration_7),
+    (8, "clay.pixel_changes (pixel-level change per chip observation)", _migration_8),
 ]
 
 

@@ -1,7 +1,8 @@
 """The "load vectors" stage: one partition's chips, embeddings and change scores into Postgres.
 
 The partition's previous rows are replaced in one transaction (re-running never duplicates,
-a failed load leaves the old rows), and so are the change events confirmed in its window.
+a failed load leaves the old rows), and so are the change events confirmed in its window and
+the pixel path's results (``clay.pixel_changes``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class VectorLoad:
     pgvector: str | None  # version of the vector extension
     change_events: int  # events loaded into clay.change_events
     first_chip_id: str | None  # an example chip for a query, None when there are no rows
+    pixel_changes: int = 0  # rows loaded into clay.pixel_changes
 
 
 def load_vectors(layout: Layout, pid: PartitionId,
@@ -53,11 +55,14 @@ def load_vectors(layout: Layout, pid: PartitionId,
         events_path = layout.partition_dir(CHANGE, pid) / "events.parquet"
         events = pd.read_parquet(events_path) if events_path.is_file() else pd.DataFrame()
         n_events = store.load_change_events(pid.key, events)
+        scores_path = layout.partition_dir(CHANGE, pid) / "scores.parquet"
+        scores = pd.read_parquet(scores_path) if scores_path.is_file() else pd.DataFrame()
+        n_pixels = store.load_pixel_changes(pid.key, pid.tile, scores)
     finally:
         store.close()
     return VectorLoad(
         partition=pid, rows=stats.rows, rows_per_s=stats.rows_per_s, total=total,
         cube_chips=int(man["chips"]), dim=dim, duplicates=duplicates, storage=storage,
         pgvector=pgvector, change_events=n_events,
-        first_chip_id=str(rows["chip_id"].iloc[0]) if len(rows) else None,
+        first_chip_id=str(rows["chip_id"].iloc[0]) if len(rows) else None, pixel_changes=n_pixels,
     )
