@@ -19,7 +19,8 @@ Methods:
   ``t_break`` of its segments with ``change_prob`` 100 (confirmed): the reference. (A segment
   ending in a partial run at the end of the series has ``change_prob`` 16-50 and is not a break.)
 * ours: our detector on the same 5 bands, clear observations only, default ``DetectorParams``
-  (first baseline by count and span, as COLD initializes).
+  (first baseline by count and span, as COLD initializes); and again with COLD's decision rule
+  (``COLD_LIKE``: 6 consecutive exceedances at 0.01, no CUSUM) to separate the rule from the model.
 * nrt ``CCDC`` on NDVI ((B8 - B4) / (B8 + B4)), second reference as in nrt's own example:
   history up to 2018-12-31 fitted with CCDC-stable and CCDC_RIRLS screening (green B3, SWIR
   B11, scaling 10,000), monitoring 2019-01-01 onward; its onset is its detection date.
@@ -45,6 +46,7 @@ __all__ = ["RealPixels", "cold_breaks", "load_pixels", "nrt_ccdc", "run_real"]
 BANDS_10M = ("B2", "B3", "B4", "B8")
 CLEAR_SCL = (4, 5, 6, 7)
 MONITOR_START = datetime(2019, 1, 1)  # nrt CCDC: history before, monitoring from
+COLD_LIKE = {"k_consecutive": 6, "alpha": 0.01, "cusum": False}
 
 
 @dataclass
@@ -150,6 +152,9 @@ def run_real(n_pixels: int = 0, seed: int = 0, tol: int = 1, err_window: int = 6
     cold, t_cold = cold_breaks(px)
     events, t_ours = run_ours(px.dates, px.values, px.clear, DetectorParams())
     ours = [sorted(e.first_index for e in evs) for evs in events]
+    # COLD's own decision rule (6 in a row at chi-square 0.99, nothing cumulative) on our model
+    like, t_like = run_ours(px.dates, px.values, px.clear, DetectorParams(**COLD_LIKE))
+    like_pos = [sorted(e.first_index for e in evs) for evs in like]
     ccdc_first, t_ccdc, start = nrt_ccdc(px)
     ccdc = [[int(p)] if p >= 0 else [] for p in ccdc_first]
     cfg = f"10m+20m px, {len(px.dates)} dates"
@@ -162,6 +167,8 @@ def run_real(n_pixels: int = 0, seed: int = 0, tol: int = 1, err_window: int = 6
         row_from_matches("real", cfg, "ours vs COLD", cold_c, ours_c, t_ours, tol, err_window,
                          note=f"5 bands, default DetectorParams; TP = within +-{tol} clear obs; "
                               f"errors from matches within +-{err_window}"),
+        row_from_matches("real", cfg, "ours, COLD's rule, vs COLD", cold_c, _to_clear(like_pos, ci), t_like, tol,
+                         err_window, note="k_consecutive 6, alpha 0.01, no CUSUM (COLD's conse and p_cg)"),
         row_from_matches("real", cfg_m, "ours vs COLD", _to_clear(cold, ci, start), _to_clear(ours, ci, start),
                          t_ours, tol, err_window, note="same run, events on/after CCDC's monitoring start"),
         row_from_matches("real", cfg_m, "nrt CCDC (NDVI) vs COLD", _to_clear(cold, ci, start),

@@ -22,6 +22,7 @@ from clay_core.change.carry import CarryHeader, ChipTable
 from clay_core.change.harmonic import HarmonicFit, fit_harmonic, fit_harmonic_batch, harmonic_design
 from clay_core.change.params import ChangeParams, DetectorParams
 from clay_core.change.pca import PcaBasis, fit_incremental, load_current, next_version, set_current
+from clay_core.change.pixels import PixelParams
 from clay_core.change.stage import ChangeResult, PcaFit, fit_pca, score_change, step_window
 from clay_core.change.state import ChangeEvent, ChangeState, ObservationScore
 from clay_core.change.timeutil import to_datetime, to_decimal_years
@@ -29,7 +30,7 @@ from clay_core.change.tracking import EventTracking, advance_events
 
 __all__ = [
     "CarryHeader", "ChangeEvent", "ChangeParams", "ChangeResult", "ChangeState", "ChipTable", "DetectionReport",
-    "DetectorParams", "EventTracking", "HarmonicFit", "ObservationScore", "PcaBasis", "PcaFit", "advance_events",
+    "DetectorParams", "EventTracking", "HarmonicFit", "ObservationScore", "PcaBasis", "PcaFit", "PixelParams", "advance_events",
     "cosine_distance", "detect_changes", "detect_many", "distances_to_baseline", "distances_to_previous", "fit_harmonic",
     "fit_harmonic_batch", "fit_incremental", "fit_pca", "harmonic_design", "load_current", "next_version",
     "run_series", "score_change", "score_detections", "score_series", "set_current",

@@ -13,35 +13,38 @@ detection and classification"):
    harmonic regression ``y(t) = a0 [+ a1 (t - t0)] + sum_k b_k cos(2 pi k t) + c_k sin(2 pi k t)``
    with ``t`` in decimal years (so irregular dates and gaps need no special handling and the
    seasonal phase is tied to the calendar). The fit is robust (iteratively reweighted least
-   squares: Huber, then Tukey bisquare weights), so a few undetected clouds or glitches in
-   the baseline do not drag it. Each feature's noise level ``rmse`` is a robust scale
-   (1.4826 x median |residual|, corrected for the degrees of freedom) with a small floor.
+   squares from a start that leaves gross outliers out: Huber, then Tukey bisquare weights),
+   so a few undetected clouds or glitches in the baseline do not drag it. Each feature's noise
+   level ``rmse`` is a robust scale (a winsorized RMS of the residuals, or their median
+   absolute deviation for short baselines) times their serial-correlation factor
+   (``serial_lags``), with a small floor.
 2. **Scoring.** Every later clear observation gets a residual per feature,
-   ``z_f = (y_f - yhat_f) / rmse_f`` and a standardized score ``score = sqrt(mean_f z_f**2)``:
-   the RMS over features of the residual in robust-sd units (for one feature simply
-   ``|residual| / rmse``). Under "no change" the score is about 1 whatever the number of
-   features. An observation *exceeds* when ``score > threshold`` (and its mean absolute
-   deviation is at least ``min_magnitude``).
-3. **Persistence.** A change is confirmed after ``k_consecutive`` consecutive exceeding
-   *clear* observations; a non-exceeding clear observation resets the run, cloudy ones are
-   skipped entirely (they neither extend nor break a run). So a single outlier (or
-   ``k_consecutive - 1`` in a row) never fires. The event is dated at the first observation of
-   the run (``first_date``) and confirmed at the k-th (``confirmed_date``); its magnitude is
-   the median score over the run and ``signals`` lists the features that carried it.
-   *Consistency check:* a change is a persistent shift to a new state, so the observations
-   confirming it must depart from the baseline in the same direction. Unflagged outliers
-   (an undetected cloud or shadow, haze) depart in their own directions: one just before a
-   change would start the run one observation early, and three different ones in a row
-   would fire a false change. So when a run reaches ``k_consecutive`` observations, each
-   member's standardized residual vector (``z``) is compared with the median ``z`` of the
-   other members; if the lowest of these cosines is below ``min_run_cosine`` (default 0.5),
-   that member (the earliest on ties) is removed from the run as an outlier (like a cloudy
-   observation it neither breaks nor extends the run) and the run waits for one more
-   exceeding observation.
-4. **Restart.** After a confirmed change the baseline restarts on the new normal: a new
-   baseline is fitted from the clear observations starting at the change's first observation
-   (the confirming run itself is its first ``k_consecutive`` observations). A permanent step
-   therefore fires once, and a later second change fires again.
+   ``z_f = (y_f - yhat_f) / rmse_f`` and a standardized score ``score = sqrt(mean_f z_f**2)``
+   (the RMS over features; about 1 under "no change" whatever the number of features). It
+   *exceeds* when ``F * score**2`` passes the F-test of :func:`~clay_core.change.limits.exceed_threshold`
+   at ``alpha`` (or ``score > threshold`` when a fixed threshold is set), and its mean absolute
+   deviation is at least ``min_magnitude``.
+3. **Strong changes: persistence.** A change is confirmed after ``k_consecutive`` consecutive
+   exceeding *clear* observations; a non-exceeding clear observation resets the run, cloudy ones
+   are skipped entirely. The event is dated at the run's first observation (``first_date``)
+   and confirmed at the k-th (``confirmed_date``). *Consistency check:* a change is a
+   persistent shift, so its observations depart the same way; when a run reaches
+   ``k_consecutive``, the member whose ``z`` has the lowest cosine to the median ``z`` of the
+   others is removed (it neither breaks nor extends the run) if that cosine is below
+   ``min_run_cosine``, and the run waits for one more exceeding observation.
+4. **Subtle changes: CUSUM.** Every scored observation also advances a multivariate CUSUM
+   (Crosier 1988) of its ``z`` (shrunk to norm ``cusum_clip``, divided by the scale's
+   uncertainty): ``S <- (S + z) (1 - k / |S + z|)``, restarting at 0 when ``|S + z| <= k``. The
+   reference value ``k`` is half of ``cusum_shift`` plus the baseline's own prediction error
+   at that date; a change is confirmed when ``|S|`` passes the limit calibrated to
+   ``cusum_arl`` (:mod:`clay_core.change.limits`), no strong run is pending, and most of the
+   run since the last restart supports the shift (outlier bursts do not). It is dated at the
+   most likely start of the shift within that run.
+5. **Restart.** After a confirmed change the baseline restarts on the new normal, from the
+   change's first observation (the confirming run is the new baseline's start). A restarted
+   baseline fits a linear trend where it is significant (``restart_trend``, ``trend_min_t``),
+   so a recovery is extrapolated instead of firing again. A permanent step therefore fires
+   once, and a later second change fires again.
 
 Everything is driven by :func:`update`, which ingests ONE observation into a
 :class:`ChangeState` (JSON-serializable through ``to_dict``/``from_dict``) and returns the
@@ -50,41 +53,12 @@ events it confirmed plus the observation's :class:`ObservationScore`. The batch 
 :func:`update`, so processing a series incrementally (one new date at a time, with the state
 stored as JSON in between) gives exactly the batch result.
 
-Parameters (see :class:`~clay_core.change.params.DetectorParams` for the full list and defaults)
-------------------------------------------------------------------------------------------------
-``baseline_obs=12``
-    clear observations needed before a baseline is fitted. 12 is CCDC's minimum: three
-    observations per coefficient for one harmonic plus a trend; with 6 the level cannot be
-    told apart from the season and the robust scale is off by ~30%.
-``baseline_years=None`` (-> 1.0 when ``n_harmonics > 0``, else 0.0)
-    the baseline must also span this many years: a seasonal cycle cannot be estimated from a
-    few weeks of data and extrapolating such a fit fires on the next season. The price: the
-    first year of a series, and the year after each change, are baseline (not monitored).
-    With ``n_harmonics=0`` (no seasonality, e.g. deseasonalized inputs) only the count is used.
-``baseline_start`` / ``baseline_end``
-    optional date window for the *first* baseline (observations before ``baseline_start``
-    are ignored; all clear observations up to ``baseline_end`` are the baseline, monitoring
-    starts after it). Restarts after a change always use the count/span rule.
-``n_harmonics=1``, ``trend=False``
-    seasonal model. One annual harmonic captures most phenology; use ``trend=True`` for
-    slowly drifting signals (the drift is then extrapolated instead of firing).
-``threshold=4.0``
-    exceedance level of the RMS robust z-score. Conservative on purpose: real residuals are
-    heavier-tailed and autocorrelated (phenology anomalies, haze), the robust scale comes
-    from ~12-50 baseline points, and land-cover changes such as clearing are many sd's
-    large. For one Gaussian feature P(score > 4) ~ 6e-5 per observation. Lower it to ~3 for
-    more sensitivity.
-``k_consecutive=3``
-    persistence: confirmed after 3 consecutive exceeding clear observations (2-3 weeks at
-    weekly revisits); rejects isolated undetected clouds, shadows and glitches.
-``min_magnitude=0.0``
-    extra floor on the mean absolute deviation (value units) for an observation to exceed;
-    0 disables it.
-``min_run_cosine=0.5``
-    consistency check of a confirming run (see 3. above); -1 disables it. With one feature
-    the cosine is the sign agreement of the residuals: only an opposite-sign outlier is
-    removed. On the synthetic benchmark (``benchmarks/change_eval.py``) genuine clearing runs
-    have cosines >= 0.88 and runs of unrelated outliers have a member <= 0.24.
+Parameters
+----------
+Every parameter, its default and the reason for it is documented on
+:class:`~clay_core.change.params.DetectorParams`; the defaults were checked on nrt's
+simulator, the planted synthetic world and real Sentinel-2 pixels
+(``benchmarks/change_eval.py``, results in ``docs/benchmarks_change.md``).
 
 Public API
 ----------
@@ -92,7 +66,7 @@ Public API
 :func:`run_series`, :func:`detect_changes`, :func:`score_series`; the state and result types
 live in :mod:`clay_core.change.state`, the baseline fit in :mod:`clay_core.change.harmonic`.
 
-Only numpy is needed (:func:`score_series` imports pandas lazily).
+Needs numpy, and scipy for the F and chi-square quantiles (:func:`score_series` imports pandas lazily).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ _BISQUARE_C = 4.685
 _N_HUBER = 5  # Huber iterations before switching to the bisquare
 _WINSOR = 2.5  # residual scale: squared residuals capped at (2.5 robust sd's)^2 ...
 _WINSOR_CONSISTENCY = 1.0 / math.sqrt(0.97754)  # ... E[min(Z^2, 2.5^2)] = 0.97754 for Gaussian Z
-_WINSOR_MIN_DOF = 10  # ... with at least this many residual degrees of freedom
+_WINSOR_MIN_DOF = 10  # ... with at least this many residual degrees of freedom (also: screened start)
 
 
 def harmonic_design(
@@ -332,7 +332,9 @@ def serial_factor(R: np.ndarray, scale: np.ndarray, lags: int) -> np.ndarray:
 
 def _fit_model(t, Y, t0, h, tr, robust, ridge, min_rmse, max_iter, tol, serial_lags=0) -> tuple[np.ndarray, np.ndarray]:
     X = _design_batch(t, h, tr, t0)
-    coef = _wls(X, Y, _start_weights(Y) if robust else np.ones_like(Y), ridge)
+    # too few observations to call any of them gross: the plain least-squares start
+    screen = robust and t.shape[1] - X.shape[2] >= _WINSOR_MIN_DOF
+    coef = _wls(X, Y, _start_weights(Y) if screen else np.ones_like(Y), ridge)
     if robust and t.shape[1] > X.shape[2]:
         coef = _irls(X, Y, coef, ridge, min_rmse, max_iter, tol)
     R = Y - _predict_batch(X, coef)

@@ -30,8 +30,8 @@ class ChangeEvent:
 
     Attributes:
         first_date: date of the first observation of the confirming run (the change date).
-        confirmed_date: date of the ``k_consecutive``-th exceeding clear observation (when the
-            change became known).
+        confirmed_date: date of the observation that confirmed it (the ``k_consecutive``-th
+            exceeding one, or the one that took the CUSUM over its limit): when it became known.
         magnitude: median score over the run (RMS robust z-score, baseline-sd units).
         signals: names of the features whose median ``|z|`` over the run exceeded the
             threshold, strongest first (at most ``max_signals``; the single strongest feature
