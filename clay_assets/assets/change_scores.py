@@ -51,9 +51,10 @@ PIXEL_TOP = ["chip_id", "pixel_change_fraction", "pixel_change_date", "pixels_mo
 def change_scores(context: AssetExecutionContext, home: ClayHome, change_settings: ChangeSettings) -> MaterializeResult:
     layout = home.layout
     basis, params = load_current(layout.root / "pca"), change_settings.params()
+    pixels = change_settings.pixel_params()
 
     def one(pid: PartitionId) -> PartitionOutcome:
-        result = score_change(layout, pid, basis, params, open_cube=home.open_cube)
+        result = score_change(layout, pid, basis, params, pixels=pixels, open_cube=home.open_cube)
         if result.replayed_windows:
             why = f" ({result.replay_reason})" if result.replay_reason else ""
             context.log.info(f"{pid.tile} {pid.window}: replayed {result.replayed_windows} earlier window(s) "

@@ -7,7 +7,7 @@ from typing import Optional
 
 from dagster import ConfigurableResource
 
-from clay_core.change import ChangeParams, DetectorParams
+from clay_core.change import ChangeParams, DetectorParams, PixelParams
 
 
 class ChangeSettings(ConfigurableResource):
@@ -30,6 +30,10 @@ class ChangeSettings(ConfigurableResource):
     detector_threshold: Optional[float] = None  # a fixed RMS z-score instead of the F-test at alpha
     detector_k: int = DetectorParams.k_consecutive
     detector_cusum: bool = DetectorParams.cusum
+    # The pixel path (clay_core.change.pixels: nrt's MoSum on chip-pixel NDVI); off saves its state
+    # (tens of MB per tile and window at full size) and the chip-cube reads.
+    pixels: bool = True
+    pixel_sensitivity: float = PixelParams.sensitivity
 
     def params(self) -> ChangeParams:
         """The scores' settings, with the detector watching the first ``n_components`` PCs."""
@@ -51,3 +55,7 @@ class ChangeSettings(ConfigurableResource):
             n_harmonics=self.n_harmonics,
             detector=detector,
         )
+
+    def pixel_params(self) -> PixelParams | None:
+        """The pixel path's settings, or ``None`` when it is switched off."""
+        return PixelParams(sensitivity=self.pixel_sensitivity) if self.pixels else None

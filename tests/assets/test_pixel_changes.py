@@ -89,3 +89,23 @@ def test_readme_pixel_query_finds_the_clearing(scored):
     with psycopg.connect(scored["url"]) as conn:
         rows = conn.execute(block.group(1).split(";")[0]).fetchall()
     assert [r[0] for r in rows] == [CHANGED]
+
+
+def test_the_pixel_path_can_be_switched_off(scored, tmp_path):
+    import shutil
+
+    assert ChangeSettings().pixel_params().sensitivity == 0.01
+    assert ChangeSettings(pixel_sensitivity=0.001).pixel_params().sensitivity == 0.001
+    home = ClayHome(root=str(tmp_path / "home"))
+    shutil.copytree(scored["home"].layout.root, home.layout.root)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("tiles", [TILE])
+    result = materialize([change_scores], partition_key=make_key(TILE, window(LAST)), instance=instance,
+                         resources={"home": home, "change_settings": ChangeSettings(detector_threshold=4.0, pixels=False)})
+    assert result.success
+    md = result.asset_materializations_for_node("change_scores")[0].metadata
+    assert not any(k.startswith("pixel") for k in md)
+    d = home.layout.partition("change", TILE, window(LAST))
+    assert "pixel_change_fraction" not in pd.read_parquet(d / "scores.parquet").columns
+    assert not (d / "pixels.npz").exists()
+    instance.dispose()
