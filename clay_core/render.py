@@ -98,10 +98,13 @@ def mosaic(images: list[np.ndarray], columns: int = 8, pad: int = 2, max_tiles: 
 
 def intensity_map(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, flag: np.ndarray,
                   cell: int = 16, vmax: float = 10.0, *, title: str = "change score",
-                  chip_m: float | None = None) -> bytes:
+                  chip_m: float | None = None, value_label: str = "change score", flag_label: str = "flagged chip",
+                  missing_label: str = "no clear observation", nan_missing: bool = False) -> bytes:
     """The tile's chip grid, one cell per chip coloured by change score (0..vmax, magma) with a
     colour bar; flagged chips outlined in white (named in the legend); chip rows and columns on
-    the axes, and a scale bar when ``chip_m`` (metres per chip) is known."""
+    the axes, and a scale bar when ``chip_m`` (metres per chip) is known. ``value_label``,
+    ``flag_label`` and ``missing_label`` name the colour bar, the outline and the grey cells
+    (chips not in ``rows``/``cols``; NaN values too with ``nan_missing``, else they count as 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,7 +117,8 @@ def intensity_map(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, flag: n
     rows, cols = np.asarray(rows, int), np.asarray(cols, int)
     h, w = (rows.max() + 1, cols.max() + 1) if len(rows) else (1, 1)
     grid = np.full((h, w), np.nan)
-    grid[rows, cols] = np.nan_to_num(np.asarray(score, float))
+    values = np.asarray(score, float)
+    grid[rows, cols] = values if nan_missing else np.nan_to_num(values)
     side = max(3.0, min(8.0, 0.45 * max(h, w) + 2.0))
     fig, ax = plt.subplots(figsize=(side + 1.4, side), dpi=max(60, cell * 6))
     cmap = matplotlib.colormaps["magma"].with_extremes(bad="#d0d0d0")  # grey: chips not observed in the window
@@ -124,15 +128,19 @@ def intensity_map(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, flag: n
     ax.add_collection(PatchCollection([Rectangle((c - 0.45, r - 0.45), 0.9, 0.9) for r, c in
                                        zip(rows[flagged], cols[flagged])], fc="none", ec=FLAG_COLOUR, lw=2.5))
     # A tick per chip is unreadable (and slow) on a 42 x 42 grid: integer ticks, about ten per axis.
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
+    for axis, n in ((ax.xaxis, w), (ax.yaxis, h)):
+        if n <= 10:  # small grids: one tick per chip (a locator would put ticks between chips)
+            axis.set_ticks(range(n))
+        else:
+            axis.set_major_locator(MaxNLocator(nbins=10, integer=True))
     ax.set_xlabel("chip column")
     ax.set_ylabel("chip row")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"change score (0–{vmax:g}+)")
-    handles = [Line2D([], [], marker="s", ls="", mfc="none", mec=FLAG_COLOUR, mew=2, ms=9, label="flagged chip"),
-               Line2D([], [], marker="s", ls="", color="#d0d0d0", ms=9, label="no clear observation")]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7, frameon=False)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=f"{value_label} (0–{vmax:g}+)")
+    handles = [Line2D([], [], marker="s", ls="", mfc="none", mec=FLAG_COLOUR, mew=2, ms=9, label=flag_label),
+               Line2D([], [], marker="s", ls="", color="#d0d0d0", ms=9, label=missing_label)]
+    # Below the axes, in a strip the layout keeps free, so it never covers the axis label.
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False)
     if chip_m:
         from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
@@ -140,7 +148,7 @@ def intensity_map(rows: np.ndarray, cols: np.ndarray, score: np.ndarray, flag: n
         ax.add_artist(AnchoredSizeBar(ax.transData, n, f"{n * chip_m / 1000:g} km", "lower left", pad=0.3,
                                       color="white", frameon=False, size_vertical=0.06, label_top=True,
                                       fontproperties={"size": 7}))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)

@@ -22,6 +22,7 @@ from clay_assets.partitions import history_mapping, previous_window_mapping, sce
 from clay_assets.resources import ChangeSettings, ClayHome
 from clay_assets.versions import CHANGE_LOGIC
 from clay_core.change import ChangeResult, load_current, score_change
+from clay_core.change.stage import PIXEL_MAP
 from clay_core.types import PartitionId
 
 TOP_COLUMNS = ["chip_id", "cosine_to_baseline", "change_score", "change_flag"]
@@ -95,6 +96,9 @@ def _pixel_metadata(result: ChangeResult) -> dict:
     if px is None:
         return {}
     md = {"pixel_windows_replayed": px.replayed_windows}
+    png = result.directory / PIXEL_MAP
+    if png.is_file():
+        md["pixel_map"] = image_md(png.read_bytes(), f"changed pixels {result.partition.tile} {result.partition.window}")
     if px.skipped:
         md["pixel_skipped"] = px.skipped
     if "pixels_monitored" in scores:

@@ -8,6 +8,7 @@ history (:mod:`clay_core.change.scores`), advances each chip's persistent-change
     change/<tile>/<window>/scores.parquet     per chip and date scores (+ detector columns, pc1-3)
                           /events.parquet     events confirmed by this window
                           /intensity.png      change-intensity map of the chip grid
+                          /pixels.png         share of changed pixels per chip (pixel path)
                           /chips.geojson      chip polygons with their scores
                           /carry.npz          per chip what the next window needs (carry.py)
                           /carry.json         the basis, parameters and window it was made with
@@ -54,6 +55,8 @@ __all__ = ["ChangeResult", "PcaFit", "fit_pca", "new_table", "pixel_params", "pr
 
 MIN_PCA_COMPONENTS = 8  # fitted whatever number of components the scores use
 SERIES_PLOTS = 3  # most-changed chips whose PC1 series are drawn
+PIXEL_MAP = "pixels.png"  # the share of each chip's pixels with a confirmed break, as a map
+PIXEL_MAP_FLAG_PCT = 2.0  # outlined above this share (false alarms on unchanged pixels: ~1 %)
 GEOJSON_COLUMNS = ["chip_id", "cosine_to_baseline", "cosine_to_previous", "harmonic_deviation", "change_score",
                    "change_flag"]
 
@@ -226,6 +229,12 @@ def _write_maps(tmp: Path, layout: Layout, pid: PartitionId, scores: pd.DataFram
     png = intensity_map(merged["row"].to_numpy(), merged["col"].to_numpy(), merged["change_score"].to_numpy(),
                         merged["change_flag"].to_numpy(), title=f"change score {pid.tile} {pid.window}", chip_m=chip_m)
     (tmp / "intensity.png").write_bytes(png)
+    if "pixel_change_fraction" in merged and merged["pixel_change_fraction"].notna().any():
+        share = 100.0 * merged["pixel_change_fraction"].to_numpy(dtype=float)
+        (tmp / PIXEL_MAP).write_bytes(intensity_map(
+            merged["row"].to_numpy(), merged["col"].to_numpy(), share, np.nan_to_num(share) > PIXEL_MAP_FLAG_PCT,
+            vmax=10.0, title=f"changed pixels {pid.tile} {pid.window}", chip_m=chip_m, value_label="changed pixels, %",
+            flag_label=f"> {PIXEL_MAP_FLAG_PCT:g} % of its pixels", missing_label="history or no view", nan_missing=True))
     grid = index[["chip_id", "geometry"]].drop_duplicates("chip_id")
     geojson = feature_collection(grid.merge(scores[GEOJSON_COLUMNS], on="chip_id"))
     (tmp / "chips.geojson").write_text(geojson)

@@ -56,6 +56,19 @@ def test_asset_metadata_counts_the_cleared_chip(scored):
     assert md["pixel_chips_changed"].value == 1  # the cleared chip; the stable one stays under 2%
     assert md["pixel_windows_replayed"].value == LAST  # no earlier change partition: replayed from the cubes
     assert CHANGED in md["pixel_changes"].value and STABLE not in md["pixel_changes"].value
+    assert "changed pixels" in md["pixel_map"].value and "data:image/png;base64," in md["pixel_map"].value
+
+
+def test_the_pixel_map_colours_the_cleared_chip(scored, tmp_path):
+    import io
+
+    from PIL import Image
+
+    png = scored["home"].layout.partition("change", TILE, window(LAST)) / "pixels.png"
+    (tmp_path / "pixels.png").write_bytes(png.read_bytes())  # kept for a look: pytest's tmp dir
+    img = np.asarray(Image.open(io.BytesIO(png.read_bytes())).convert("RGB"), dtype=float)
+    assert img.shape[0] > 100 and img.shape[1] > 100
+    assert img.std() > 10  # a drawn map, not a blank image
 
 
 def test_scores_parquet_holds_the_pixel_columns(scored):
