@@ -218,13 +218,13 @@ def baseline_events(series: list[Series], dist: dict[str, np.ndarray], threshold
 class Score:
     method: str
     setting: str
+    precision: float
+    recall: float
+    f1: float
     events: int
     tp: int
     fp: int
     fn: int
-    precision: float
-    recall: float
-    f1: float
     mean_abs_err: float
     max_abs_err: float
     errors: list[int] = field(default_factory=list)
@@ -264,7 +264,7 @@ def score_events(method: str, setting: str, events: list[Event], truth: dict[str
     r = tp / len(truth) if truth else 0.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
     abs_err = [abs(x) for x in errors]
-    return Score(method, setting, n, tp, fp, fn, p, r, f1,
+    return Score(method, setting, p, r, f1, n, tp, fp, fn,
                  float(np.mean(abs_err)) if abs_err else float("nan"),
                  float(max(abs_err)) if abs_err else float("nan"), errors, any_hit)
 

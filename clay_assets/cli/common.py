@@ -125,7 +125,8 @@ def ui_hint(cfg, settings: dict[str, str] | None = None) -> str:
             + " .venv/bin/dagster dev -w workspace.yaml")
 
 
-def _read_partitions(layout, tiles, windows, name: str, columns=None):
+def read_partitions(layout, tiles, windows, name: str, columns=None):
+    """A file of every stored change partition of ``tiles`` x ``windows``, concatenated."""
     import pandas as pd
 
     frames = []
@@ -139,10 +140,10 @@ def _read_partitions(layout, tiles, windows, name: str, columns=None):
 
 def load_scores(layout, tiles, windows):
     """chip_id, datetime, change_flag, change_score of every stored change partition."""
-    return _read_partitions(layout, tiles, windows, "scores.parquet",
+    return read_partitions(layout, tiles, windows, "scores.parquet",
                             ["chip_id", "datetime", "change_flag", "change_score"])
 
 
 def load_events(layout, tiles, windows):
     """The detector's confirmed events (the rows of ``clay.change_events``) of those partitions."""
-    return _read_partitions(layout, tiles, windows, "events.parquet")
+    return read_partitions(layout, tiles, windows, "events.parquet")

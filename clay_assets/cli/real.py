@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 
-from clay_assets.cli.common import load_config, load_events, load_scores, materialize, query_store, ui_hint
+from clay_assets.cli.common import load_config, load_events, materialize, query_store, read_partitions, ui_hint
 
 # The cube's tile and dates, and a chip size that gives it 3 x 3 chips (the 4 edge pixels that
 # do not fill a chip are dropped).
@@ -28,8 +28,9 @@ def _require_nrt() -> None:
     try:
         import nrt.monitor.ewma  # noqa: F401
     except ImportError:
-        raise ConfigError("demo --real needs the nrt package (a dev dependency: it ships the real cube and the "
-                          "reference monitor); install it with `.venv/bin/pip install nrt==0.2.1`") from None
+        raise ConfigError("demo --real needs the nrt package (it ships the real cube and the reference monitors); "
+                          "install the project's dependencies with `make install` or `.venv/bin/pip install nrt==0.2.1`"
+                          ) from None
 
 
 def configure_real(home) -> object:
@@ -123,7 +124,8 @@ def clay_per_chip(layout, tile: str, windows: list[str]):
     first of them, and the detector's confirmed events (first date -> confirmed date)."""
     import pandas as pd
 
-    scores, events = load_scores(layout, [tile], windows), load_events(layout, [tile], windows)
+    # every column: the pixel path's too, where it ran
+    scores, events = read_partitions(layout, [tile], windows, "scores.parquet"), load_events(layout, [tile], windows)
     since = pd.Timestamp(f"{int(HISTORY_END[:4]) + 1}-01-01", tz="UTC")
     t = pd.to_datetime(scores["datetime"], utc=True)
     out = {}
@@ -132,8 +134,20 @@ def clay_per_chip(layout, tile: str, windows: list[str]):
         ev = events[events["chip_id"] == cid] if len(events) else events
         out[cid] = {"clear_obs": len(g), "flags_2019+": len(late),
                     "first_flag_2019+": str(late["t"].min().date()) if len(late) else "-",
-                    "events": "; ".join(f"{e.first_date}->{e.confirmed_date}" for e in ev.itertuples()) or "-"}
+                    "events": "; ".join(f"{e.first_date}->{e.confirmed_date}" for e in ev.itertuples()) or "-",
+                    **_pixel_path(g)}
     return out
+
+
+def _pixel_path(g) -> dict:
+    """The chip's latest pixel-path share and date (``-`` while its history is collected)."""
+    import pandas as pd
+
+    if "pixel_change_fraction" not in g or not g["pixel_change_fraction"].notna().any():
+        return {"pixels": "-", "pixel_date": "-"}
+    last = g[g["pixel_change_fraction"].notna()].sort_values("t").iloc[-1]
+    date = pd.Timestamp(last["pixel_change_date"]).date() if pd.notna(last["pixel_change_date"]) else "-"
+    return {"pixels": f"{last['pixel_change_fraction']:.0%}", "pixel_date": str(date)}
 
 
 def print_real_report(resources: dict, cfg, tile: str, windows: list[str], cube_path: str) -> None:
@@ -143,13 +157,16 @@ def print_real_report(resources: dict, cfg, tile: str, windows: list[str], cube_
           f"(history to {HISTORY_END}; share of forest pixels, tree cover > {FOREST_COVER} %, with a confirmed "
           "break, and their median date):")
     refs = "".join(f"{m + ' break':>12} {m + ' date':<11}" for m in NRT_MONITORS)
-    print(f"{'chip_id':<16} {'forest px':>9}{refs} {'clear obs':>9} {'flags 2019+':>11} {'first flag':<11} "
-          "events (first->confirmed)")
+    print(f"(pixel path: clay's own MoSum on the NDVI of every chip pixel, forest or not, history to {HISTORY_END}: "
+          "share with a confirmed break at the last window, and the date most of them broke)")
+    print(f"{'chip_id':<16} {'forest px':>9}{refs} {'pixel path':>10} {'pixel date':<11} {'clear obs':>9} "
+          f"{'flags 2019+':>11} {'first flag':<11} events (first->confirmed)")
     for r in ref.to_dict("records"):
-        o = ours.get(r["chip_id"], {"clear_obs": 0, "flags_2019+": 0, "first_flag_2019+": "-", "events": "-"})
+        o = ours.get(r["chip_id"], {"clear_obs": 0, "flags_2019+": 0, "first_flag_2019+": "-", "events": "-",
+                                    "pixels": "-", "pixel_date": "-"})
         cells = "".join(f"{r[m + '_fraction']:>12.0%} {r[m + '_date']:<11}" for m in NRT_MONITORS)
-        print(f"{r['chip_id']:<16} {r['forest_px']:>9}{cells} {o['clear_obs']:>9} {o['flags_2019+']:>11} "
-              f"{o['first_flag_2019+']:<11} {o['events']}")
+        print(f"{r['chip_id']:<16} {r['forest_px']:>9}{cells} {o['pixels']:>10} {o['pixel_date']:<11} "
+              f"{o['clear_obs']:>9} {o['flags_2019+']:>11} {o['first_flag_2019+']:<11} {o['events']}")
     query = ref.sort_values(f"{NRT_MONITORS[-1]}_fraction", ascending=False).iloc[0]["chip_id"]
     _print_real_search(resources, cfg, query)
 
@@ -168,6 +185,7 @@ def _print_real_search(resources: dict, cfg, query: str) -> None:
 
 
 def cmd_demo_real(args: argparse.Namespace) -> int:
+    from clay_assets.resources import ChangeSettings
     from clay_assets.resources.build import build_resources
     from clay_core.sources import nrt_cube_path
 
@@ -179,7 +197,8 @@ def cmd_demo_real(args: argparse.Namespace) -> int:
         windows = windows[: args.windows]
     print(f"real Sentinel-2 L2A cube {cube_path} (nrt==0.2.1): tile {cfg.tiles[0]}, {n_dates} acquisitions; "
           f"{len(windows)} weeks have a chip clear enough to keep (the others would be empty partitions)")
-    resources = build_resources(cfg=cfg)
+    # the pixel path's history ends where the nrt reference's does, so the two columns compare
+    resources = {**build_resources(cfg=cfg), "change_settings": ChangeSettings(pixel_history_end=HISTORY_END)}
     summary = materialize(cfg, list(cfg.tiles), windows, resources, quiet=args.quiet, verbose=args.verbose)
     print_real_report(resources, cfg, cfg.tiles[0], windows, cube_path)
     print("\n" + ui_hint(cfg, REAL_SETTINGS))

@@ -34,6 +34,7 @@ class ChangeSettings(ConfigurableResource):
     # (tens of MB per tile and window at full size) and the chip-cube reads.
     pixels: bool = True
     pixel_sensitivity: float = PixelParams.sensitivity
+    pixel_history_end: Optional[str] = None  # ISO date ending every chip's pixel history (default: its first year)
 
     def params(self) -> ChangeParams:
         """The scores' settings, with the detector watching the first ``n_components`` PCs."""
@@ -58,4 +59,6 @@ class ChangeSettings(ConfigurableResource):
 
     def pixel_params(self) -> PixelParams | None:
         """The pixel path's settings, or ``None`` when it is switched off."""
-        return PixelParams(sensitivity=self.pixel_sensitivity) if self.pixels else None
+        if not self.pixels:
+            return None
+        return PixelParams(sensitivity=self.pixel_sensitivity, history_end=self.pixel_history_end)
