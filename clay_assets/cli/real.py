@@ -20,6 +20,7 @@ REAL_SETTINGS = {"CLAY_SOURCE": "cube", "CLAY_CUBE_PATH": "nrt:", "CLAY_TILES": 
 HISTORY_END = "2018-12-31"
 NRT_CLEAR_SCL = (4, 5, 7)
 FOREST_COVER = 30  # percent tree cover density (2018) for a pixel to be monitored, as in nrt's example
+FOREST_FILE = "tree_cover_density_2018_romania.tif"
 
 
 def _require_nrt() -> None:
@@ -90,20 +91,37 @@ def _run_monitor(name: str, ndvi, forest):
     return monitor.mask == 3, np.asarray(monitor.detection_date, dtype="int64")
 
 
+def _forest_cover():
+    """nrt's 2018 tree-cover layer, read from the file nrt ships. Not ``nrt.data``'s loader:
+    with the nrt-data package installed (a dev dependency: nrt's simulator) that loader
+    downloads the file instead, which fails offline."""
+    from importlib import resources
+
+    import rasterio
+
+    from clay_core.errors import ConfigError
+
+    path = resources.files("nrt.data").joinpath(FOREST_FILE)
+    if not path.is_file():
+        raise ConfigError(f"demo --real needs nrt's tree-cover layer {FOREST_FILE}, shipped with nrt==0.2.1; "
+                          "reinstall it with `.venv/bin/pip install --force-reinstall nrt==0.2.1`")
+    with rasterio.open(str(path)) as src:
+        return src.read(1)
+
+
 def nrt_reference(cube_path: str, chip: int, tile: str):
     """Per chip: forest pixels, and per nrt monitor on NDVI (fitted on the history up to 2018,
     monitoring from 2019) the fraction of them with a confirmed break and their median date."""
     import numpy as np
     import pandas as pd
     import xarray as xr
-    from nrt import data
 
     from clay_core.chips import chip_id
 
     with xr.open_dataset(cube_path) as ds:
         ndvi = ((ds["B8"] - ds["B4"]) / (ds["B8"] + ds["B4"])).where(ds["SCL"].isin(NRT_CLEAR_SCL)).load()
     # nrt's tree-cover layer is on the 20 m grid of the same extent: each cell is 2 x 2 pixels here.
-    forest = np.kron((data.romania_forest_cover_percentage() > FOREST_COVER).astype(np.uint8), np.ones((2, 2), np.uint8))
+    forest = np.kron((_forest_cover() > FOREST_COVER).astype(np.uint8), np.ones((2, 2), np.uint8))
     results = {name: _run_monitor(name, ndvi, forest) for name in NRT_MONITORS}
     rows, n = [], forest.shape[0] // chip
     for r in range(n):
@@ -157,7 +175,7 @@ def print_real_report(resources: dict, cfg, tile: str, windows: list[str], cube_
           f"(history to {HISTORY_END}; share of forest pixels, tree cover > {FOREST_COVER} %, with a confirmed "
           "break, and their median date):")
     refs = "".join(f"{m + ' break':>12} {m + ' date':<11}" for m in NRT_MONITORS)
-    print(f"(pixel path: clay's own MoSum on the NDVI of every chip pixel, forest or not, history to {HISTORY_END}: "
+    print(f"(pixel path: change_scores' own pixel monitor, nrt's MoSum on the NDVI of every chip pixel, forest or not, history to {HISTORY_END}: "
           "share with a confirmed break at the last window, and the date most of them broke)")
     print(f"{'chip_id':<16} {'forest px':>9}{refs} {'pixel path':>10} {'pixel date':<11} {'clear obs':>9} "
           f"{'flags 2019+':>11} {'first flag':<11} events (first->confirmed)")
