@@ -202,7 +202,7 @@ def _cusum_candidates(tab: ChipTable, rows: np.ndarray, t: np.ndarray, z: np.nda
     for n, P in set(zip(n_of.tolist(), P_of.tolist())):
         at = (n_of == n) & (P_of == P)
         k0 = cusum_reference(p.cusum_shift, n, P, F)
-        k[at] = reference_at(k0, p.cusum_shift, n, P, F, lev[at])
+        k[at] = reference_at(k0, n, P, F, lev[at])
         h[at] = cusum_limit(F, k0, p.cusum_arl, p.cusum_clip)
         clip[at] = cusum_clip(p.cusum_clip, k0, h[at], p.k_consecutive)
         infl[at] = scale_inflation(n, P)

@@ -263,7 +263,7 @@ def _cusum_update(state: ChangeState, obs: SeriesObservation, z: np.ndarray, lev
     assert fit is not None
     F, n, P = z.shape[0], fit.n_obs, fit.coef.shape[0]
     k0 = cusum_reference(p.cusum_shift, n, P, F)
-    k = float(reference_at(k0, p.cusum_shift, n, P, F, np.array([lev]))[0])
+    k = float(reference_at(k0, n, P, F, np.array([lev]))[0])
     h = cusum_limit(F, k0, p.cusum_arl, p.cusum_clip)
     clip = float(cusum_clip(p.cusum_clip, k0, h, p.k_consecutive))
     S = np.zeros_like(z) if state.cusum is None else state.cusum

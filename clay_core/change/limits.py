@@ -105,7 +105,7 @@ def cusum_reference(shift: float, n_obs: int, n_coef: int, n_features: int) -> f
     return math.ceil(round(k / _K_STEP, 6)) * _K_STEP
 
 
-def reference_at(k0: float, shift: float, n_obs: int, n_coef: int, n_features: int, lev: np.ndarray) -> np.ndarray:
+def reference_at(k0: float, n_obs: int, n_coef: int, n_features: int, lev: np.ndarray) -> np.ndarray:
     """The reference value at dates of leverage ``lev``: ``k0``, or more where the fit's own
     prediction error there (``sqrt(F lev)``) is larger than on average."""
     avg = n_coef / max(n_obs, 1)
@@ -155,9 +155,9 @@ def cusum_limit(n_features: int, k: float, arl: float, clip: float) -> float:
     ~0.1-0.5 s per setting, cached per process.
     """
     lo, hi = _CALIBRATION_ARLS
-    h_lo, h_hi = _limit_at(n_features, k, clip, _CALIBRATION_ARLS)
     if arl <= hi:
-        return _limit_at(n_features, k, clip, (arl,))[0] if arl != lo else h_lo
+        return _limit_at(n_features, k, clip, (arl,))[0]
+    h_lo, h_hi = _limit_at(n_features, k, clip, _CALIBRATION_ARLS)
     return h_hi + (h_hi - h_lo) * math.log(arl / hi) / math.log(hi / lo)
 
 
