@@ -23,8 +23,7 @@ import numpy as np
 from clay_core.change.carry import ChipTable
 from clay_core.change.detector import update
 from clay_core.change.harmonic import HarmonicFit, _design_batch, _predict_batch, fit_harmonic_batch, leverage
-from clay_core.change.limits import (cusum_clip, cusum_limit, cusum_reference, cusum_step, exceed_threshold, feature_sum,
-                                     reference_at, scale_inflation)
+from clay_core.change.limits import cusum_step, cusum_terms, exceed_threshold, feature_sum
 from clay_core.change.params import MIN_BASELINE_OBS, DetectorParams
 from clay_core.change.state import ChangeEvent, ChangeState, SeriesObservation
 from clay_core.change.timeutil import decimal_year, to_datetime
@@ -40,6 +39,11 @@ _LISTS = {"buf": _FIELDS, "pend": _FIELDS, "cus": _FIELDS}
 def years_of(us: np.ndarray) -> np.ndarray:
     """Decimal years of microseconds since 1970; equal, bit for bit, to ``decimal_year``."""
     return 1970.0 + (np.asarray(us, np.int64) / 1e6) / _SECONDS_PER_YEAR
+
+
+def _microseconds(dt: datetime) -> int:
+    """Microseconds since 1970 of a (naive UTC or aware) datetime: the columns' time unit."""
+    return (dt.replace(tzinfo=None) - _EPOCH) // timedelta(microseconds=1)
 
 
 def detector_columns(n_features: int, params: DetectorParams) -> dict[str, np.ndarray]:
@@ -105,7 +109,7 @@ def _put_list(tab: ChipTable, lst: str, i: int, obs: list[SeriesObservation]) ->
     tab[f"det_{lst}_n"][i] = len(obs)
     for j, o in enumerate(obs):
         tab[f"det_{lst}_index"][i, j] = o.index
-        tab[f"det_{lst}_us"][i, j] = (o.date.replace(tzinfo=None) - _EPOCH) // timedelta(microseconds=1)
+        tab[f"det_{lst}_us"][i, j] = _microseconds(o.date)
         tab[f"det_{lst}_t"][i, j] = o.t
         tab[f"det_{lst}_value"][i, j] = o.value
         tab[f"det_{lst}_score"][i, j] = o.score
@@ -192,8 +196,7 @@ def _scores(tab: ChipTable, rows: np.ndarray, t: np.ndarray, V: np.ndarray, p: D
     return score, (score > thr) & (abs_dev >= p.min_magnitude), z, lev
 
 
-def _cusum_candidates(tab: ChipTable, rows: np.ndarray, t: np.ndarray, z: np.ndarray, lev: np.ndarray,
-                      p: DetectorParams):
+def _cusum_candidates(tab: ChipTable, rows: np.ndarray, z: np.ndarray, lev: np.ndarray, p: DetectorParams):
     """The CUSUM step of the scalar detector for ``rows`` (all scored): ``(S_new, reset, crossed)``,
     ``crossed`` meaning the limit is passed with a run of at least ``k_consecutive``."""
     F = z.shape[1]
@@ -201,11 +204,8 @@ def _cusum_candidates(tab: ChipTable, rows: np.ndarray, t: np.ndarray, z: np.nda
     k, h, clip, infl = (np.empty(len(rows)) for _ in range(4))
     for n, P in set(zip(n_of.tolist(), P_of.tolist())):
         at = (n_of == n) & (P_of == P)
-        k0 = cusum_reference(p.cusum_shift, n, P, F)
-        k[at] = reference_at(k0, n, P, F, lev[at])
-        h[at] = cusum_limit(F, k0, p.cusum_arl, p.cusum_clip)
-        clip[at] = cusum_clip(p.cusum_clip, k0, h[at], p.k_consecutive)
-        infl[at] = scale_inflation(n, P)
+        k[at], h[at], clip[at], infl[at] = cusum_terms(p.cusum_shift, p.cusum_arl, p.cusum_clip, p.k_consecutive,
+                                                       n, P, F, lev[at])
     S = np.where(tab["det_cus_n"][rows, None] > 0, tab["det_cus_S"][rows], 0.0)  # new rows hold NaN
     S_new, reset = cusum_step(S, z / infl[:, None], k, clip)
     crossed = (np.sqrt(feature_sum(S_new * S_new)) > h) & (tab["det_cus_n"][rows] + 1 >= p.k_consecutive) & ~reset
@@ -263,7 +263,7 @@ def step_detector(tab: ChipTable, rows: np.ndarray, us: np.ndarray, V: np.ndarra
         score[sc], exceeds[sc], z[sc], lev[sc] = _scores(tab, rows[sc], t[sc], V[sc], p)
     S_new, reset, crossed = np.zeros_like(z), np.ones(m, bool), np.zeros(m, bool)
     if p.cusum and sc.any():
-        S_new[sc], reset[sc], crossed[sc] = _cusum_candidates(tab, rows[sc], t[sc], z[sc], lev[sc], p)
+        S_new[sc], reset[sc], crossed[sc] = _cusum_candidates(tab, rows[sc], z[sc], lev[sc], p)
     slow = (sc & exceeds & (tab["det_pend_n"][rows] + 1 >= p.k_consecutive)) | (sc & ~exceeds & crossed)
     in_base = collect.copy()
     # the scalar detector for the rare steps, from the rows as they were before this observation
@@ -311,8 +311,7 @@ def detect_many(dates, values, clear=None, params: DetectorParams | None = None)
         raise ValueError(f"values must be [N, T] or [N, T, F] with T={len(dates)}, got {np.shape(values)}")
     if clear is not None:
         V = np.where(np.asarray(clear, bool)[..., None], V, np.nan)
-    us = np.array([(to_datetime(d).replace(tzinfo=None) - _EPOCH) // timedelta(microseconds=1) for d in dates],
-                  dtype=np.int64)
+    us = np.array([_microseconds(to_datetime(d)) for d in dates], dtype=np.int64)
     ids = np.array([f"{i:09d}" for i in range(V.shape[0])], dtype=object)
     tab = ChipTable(np.array([], dtype=object), detector_columns(V.shape[2], p))
     rows = tab.rows(ids)

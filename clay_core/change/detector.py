@@ -79,8 +79,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clay_core.change.harmonic import HarmonicFit, design_times_coef, fit_harmonic, leverage
-from clay_core.change.limits import (cusum_clip, cusum_limit, cusum_reference, cusum_step, exceed_threshold, feature_sum,
-                                     onset_position, reference_at, run_support, scale_inflation)
+from clay_core.change.limits import (cusum_step, cusum_terms, exceed_threshold, feature_sum, onset_position,
+                                     run_support)
 from clay_core.change.params import MIN_BASELINE_OBS, DetectorParams
 from clay_core.change.state import NAN, ChangeEvent, ChangeState, ObservationScore, SeriesObservation
 from clay_core.change.timeutil import decimal_year, to_datetime
@@ -262,12 +262,11 @@ def _cusum_update(state: ChangeState, obs: SeriesObservation, z: np.ndarray, lev
     p, fit = state.params, state.fit
     assert fit is not None
     F, n, P = z.shape[0], fit.n_obs, fit.coef.shape[0]
-    k0 = cusum_reference(p.cusum_shift, n, P, F)
-    k = float(reference_at(k0, n, P, F, np.array([lev]))[0])
-    h = cusum_limit(F, k0, p.cusum_arl, p.cusum_clip)
-    clip = float(cusum_clip(p.cusum_clip, k0, h, p.k_consecutive))
+    ks, h, clip, inflation = cusum_terms(p.cusum_shift, p.cusum_arl, p.cusum_clip, p.k_consecutive, n, P, F,
+                                         np.array([lev]))
+    k = float(ks[0])
     S = np.zeros_like(z) if state.cusum is None else state.cusum
-    S_new, reset = cusum_step(S[None], z[None] / scale_inflation(n, P), np.array([k]), clip)
+    S_new, reset = cusum_step(S[None], z[None] / inflation, ks, clip)
     if reset[0]:
         state.cusum, state.cusum_run = None, []
         return []

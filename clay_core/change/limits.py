@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["ROBUST_EFFICIENCY", "cusum_clip", "cusum_limit", "cusum_reference", "cusum_step", "dof", "exceed_threshold",
+__all__ = ["ROBUST_EFFICIENCY", "cusum_clip", "cusum_limit", "cusum_reference", "cusum_step", "cusum_terms", "dof", "exceed_threshold",
            "feature_sum", "onset_position", "reference_at", "run_support", "scale_inflation", "shrink_to_norm"]
 
 _CALIBRATION_PATHS = 2000
@@ -159,6 +159,18 @@ def cusum_limit(n_features: int, k: float, arl: float, clip: float) -> float:
         return _limit_at(n_features, k, clip, (arl,))[0]
     h_lo, h_hi = _limit_at(n_features, k, clip, _CALIBRATION_ARLS)
     return h_hi + (h_hi - h_lo) * math.log(arl / hi) / math.log(hi / lo)
+
+
+def cusum_terms(shift: float, arl: float, clip: float, k_consecutive: int, n_obs: int, n_coef: int,
+                n_features: int, lev: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+    """Everything the CUSUM needs against one baseline of ``n_obs`` observations and ``n_coef``
+    coefficients, at dates of leverage ``lev``: ``(k [m], h, clip, inflation)`` (the reference
+    values, the decision limit, the shrink norm and the scale inflation). The scalar and the
+    columnar detector both take them from here."""
+    k0 = cusum_reference(shift, n_obs, n_coef, n_features)
+    h = cusum_limit(n_features, k0, arl, clip)
+    return (reference_at(k0, n_obs, n_coef, n_features, lev), h,
+            float(cusum_clip(clip, k0, h, k_consecutive)), scale_inflation(n_obs, n_coef))
 
 
 def onset_position(Z: np.ndarray, clip: float) -> int:

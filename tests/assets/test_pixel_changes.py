@@ -62,13 +62,21 @@ def test_asset_metadata_counts_the_cleared_chip(scored):
 def test_the_pixel_map_colours_the_cleared_chip(scored, tmp_path):
     import io
 
+    import matplotlib
     from PIL import Image
 
-    png = scored["home"].layout.partition("change", TILE, window(LAST)) / "pixels.png"
-    (tmp_path / "pixels.png").write_bytes(png.read_bytes())  # kept for a look: pytest's tmp dir
-    img = np.asarray(Image.open(io.BytesIO(png.read_bytes())).convert("RGB"), dtype=float)
-    assert img.shape[0] > 100 and img.shape[1] > 100
-    assert img.std() > 10  # a drawn map, not a blank image
+    d = scored["home"].layout.partition("change", TILE, window(LAST))
+    png = (d / "pixels.png").read_bytes()
+    (tmp_path / "pixels.png").write_bytes(png)  # kept for a look: pytest's tmp dir
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=float)
+    share = pd.read_parquet(d / "scores.parquet").set_index("chip_id")["pixel_change_fraction"]
+    # the colour bar spans 0-10 %: each chip's cell is painted with magma at its share
+    def painted(fraction: float) -> int:
+        rgb = 255 * np.asarray(matplotlib.colormaps["magma"](min(100 * fraction / 10.0, 1.0))[:3])
+        return int((np.abs(img - rgb).max(axis=2) < 6).sum())
+
+    assert painted(float(share[CHANGED])) > 2000  # the cleared chip's cell (~3 %: purple)
+    assert painted(float(share[STABLE])) > 2000  # the unchanged one's (~0 %: black)
 
 
 def test_scores_parquet_holds_the_pixel_columns(scored):
