@@ -41,7 +41,7 @@ import numpy as np
 from benchmarks._change_refs import Row, clear_index, row_from_matches, run_ours
 from clay_core.change import DetectorParams
 
-__all__ = ["RealPixels", "cold_breaks", "load_pixels", "nrt_ccdc", "run_real"]
+__all__ = ["RealPixels", "cold_breaks", "load_pixels", "mask_one", "nrt_ccdc", "run_real"]
 
 BANDS_10M = ("B2", "B3", "B4", "B8")
 CLEAR_SCL = (4, 5, 6, 7)
@@ -87,16 +87,18 @@ def load_pixels(n_pixels: int = 0, seed: int = 0, data_dir: Path | None = None) 
     return RealPixels(dates, x[pixels].astype(np.float64), clear[pixels], pixels)
 
 
-def cold_breaks(px: RealPixels) -> tuple[list[list[int]], float]:
-    """pyxccd COLD per pixel: (break positions in the T dates per series, seconds)."""
+def cold_breaks(px: RealPixels, clear: np.ndarray | None = None) -> tuple[list[list[int]], float]:
+    """pyxccd COLD per pixel: (break positions in the T dates per series, seconds); ``clear``
+    replaces the pixels' clear mask (a perturbation of the input)."""
     import pyxccd
 
     ordinal = np.array([d.toordinal() for d in px.dates], dtype=np.int64)
+    clear = px.clear if clear is None else clear
     out: list[list[int]] = []
     t0 = time.perf_counter()
     for i in range(px.values.shape[0]):
-        ts = np.nan_to_num(px.values[i], nan=0.0).astype(np.int64)
-        qa = np.where(px.clear[i], 0, 4).astype(np.int64)
+        ts = np.nan_to_num(np.where(clear[i][:, None], px.values[i], np.nan), nan=0.0).astype(np.int64)
+        qa = np.where(clear[i], 0, 4).astype(np.int64)
         rec = pyxccd.cold_detect_flex(ordinal, ts, qa, lam=20, tmask_b1_index=2, tmask_b2_index=5)
         tb = np.asarray(rec["t_break"], dtype=np.int64)
         # change_prob is in percent: 100 = a confirmed break (conse anomalies in a row); below,
@@ -140,20 +142,35 @@ def nrt_ccdc(px: RealPixels) -> tuple[np.ndarray, float, int]:
     return np.where(days > 0, np.searchsorted(epoch_days, days), -1), seconds, start
 
 
+def mask_one(clear: np.ndarray, seed: int = 1) -> np.ndarray:
+    """``clear`` with one random clear observation per series masked (as a slightly different
+    cloud mask would): the perturbation that measures the reference's own reproducibility."""
+    rng = np.random.default_rng(seed)
+    out = clear.copy()
+    for i in range(out.shape[0]):
+        out[i, rng.choice(np.flatnonzero(out[i]))] = False
+    return out
+
+
 def _to_clear(pos: list[list[int]], ci: np.ndarray, lo: int = 0) -> list[list[int]]:
     return [[int(ci[i, p]) for p in ps if p >= lo] for i, ps in enumerate(pos)]
 
 
-def run_real(n_pixels: int = 0, seed: int = 0, tol: int = 1, err_window: int = 6, log=print) -> list[Row]:
+def run_real(n_pixels: int = 0, seed: int = 0, tol: int = 1, err_window: int = 6, log=print,
+             overrides: dict | None = None) -> list[Row]:
     t0 = time.perf_counter()
     px = load_pixels(n_pixels, seed)
     n = px.values.shape[0]
     ci = clear_index(px.clear)
     cold, t_cold = cold_breaks(px)
-    events, t_ours = run_ours(px.dates, px.values, px.clear, DetectorParams())
+    # COLD against itself with one clear observation masked per series: how much of the
+    # reference a method can be expected to reproduce at all
+    cold_1, t_cold_1 = cold_breaks(px, mask_one(px.clear))
+    overrides = overrides or {}
+    events, t_ours = run_ours(px.dates, px.values, px.clear, DetectorParams(**overrides))
     ours = [sorted(e.first_index for e in evs) for evs in events]
     # COLD's own decision rule (6 in a row at chi-square 0.99, nothing cumulative) on our model
-    like, t_like = run_ours(px.dates, px.values, px.clear, DetectorParams(**COLD_LIKE))
+    like, t_like = run_ours(px.dates, px.values, px.clear, DetectorParams(**{**overrides, **COLD_LIKE}))
     like_pos = [sorted(e.first_index for e in evs) for evs in like]
     ccdc_first, t_ccdc, start = nrt_ccdc(px)
     ccdc = [[int(p)] if p >= 0 else [] for p in ccdc_first]
@@ -164,8 +181,11 @@ def run_real(n_pixels: int = 0, seed: int = 0, tol: int = 1, err_window: int = 6
     rows = [
         Row("real", cfg, "pyxccd COLD (reference)", n, n_cold, n_cold, 0, 0, *(float("nan"),) * 6,
             1000.0 * t_cold / n, "its breaks are the truth of the rows below"),
+        row_from_matches("real", cfg, "COLD, 1 clear obs masked, vs COLD", cold_c, _to_clear(cold_1, ci), t_cold_1,
+                         tol, err_window, note="pyxccd COLD again with one random clear observation per series "
+                                               "masked: the reference's own reproducibility"),
         row_from_matches("real", cfg, "ours vs COLD", cold_c, ours_c, t_ours, tol, err_window,
-                         note=f"5 bands, default DetectorParams; TP = within +-{tol} clear obs; "
+                         note=f"5 bands, DetectorParams {overrides or 'defaults'}; TP = within +-{tol} clear obs; "
                               f"errors from matches within +-{err_window}"),
         row_from_matches("real", cfg, "ours, COLD's rule, vs COLD", cold_c, _to_clear(like_pos, ci), t_like, tol,
                          err_window, note="k_consecutive 6, alpha 0.01, no CUSUM (COLD's conse and p_cg)"),

@@ -125,7 +125,7 @@ def warm_up() -> None:
         nrt_first_detection(name, cube, start)
 
 
-def run_sim(configs: list[SimConfig], log=print) -> list[Row]:
+def run_sim(configs: list[SimConfig], log=print, overrides: dict | None = None) -> list[Row]:
     warm_up()
     rows: list[Row] = []
     for cfg in configs:
@@ -134,7 +134,7 @@ def run_sim(configs: list[SimConfig], log=print) -> list[Row]:
         n = sc.values.shape[0]
         valid = np.isfinite(sc.values)
         dt = [datetime.fromisoformat(str(d)) for d in sc.dates]
-        params = DetectorParams(baseline_end=dt[sc.start - 1])
+        params = DetectorParams(**{**(overrides or {}), "baseline_end": dt[sc.start - 1]})
         events, secs = run_ours(dt, sc.values, None, params)
         det, dated = first_after(events, sc.start)
         cfg_label = f"{cfg.label} (seed {cfg.seed})"

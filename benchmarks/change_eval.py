@@ -109,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--n-harmonics", type=int, default=1)
     d.add_argument("--min-run-cosine", type=float, default=DetectorParams().min_run_cosine,
                    help="run consistency check of detect_changes (-1 disables it)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one of our DetectorParams in every arm (repeatable), e.g. --set refit_growth=1.33")
     d.add_argument("--tolerance", type=int, default=1, help="max |date error| of a true positive (clear obs)")
     d.add_argument("--baseline-thresholds", default="0.02,0.005,0.01,0.04,0.08",
                    help="1 - cosine thresholds of the baseline; the first is the designated one")
@@ -364,8 +366,9 @@ def run_synthetic(args: argparse.Namespace, encoder) -> dict:
     cp = ChipParams(chip_size=args.chip_size)
     planted = [p for t in world.tiles for p in world.planted(t)]
     truth_date = _truth_dates(planted, args.size // args.chip_size, args.chip_size)
-    params = DetectorParams(threshold=args.threshold, k_consecutive=args.k_consecutive,
-                            n_harmonics=args.n_harmonics, min_run_cosine=args.min_run_cosine)
+    params = DetectorParams(**{"threshold": args.threshold, "k_consecutive": args.k_consecutive,
+                               "n_harmonics": args.n_harmonics, "min_run_cosine": args.min_run_cosine,
+                               **args.overrides})
     print(f"\n== synthetic: {len(world.tiles)} tiles x {args.size} px, {args.weeks} weekly acquisitions "
           f"({world.epoch} .. {(end - timedelta(days=1)).date()}), chip {args.chip_size} px, "
           f"{len(planted)} clearings at acquisitions {sorted({world.acquisition_index(p.acquired) for p in planted})}, "
@@ -583,8 +586,9 @@ def run_nrt(args: argparse.Namespace, encoder) -> dict:
     E, t_embed = embed(chips, encoder, args.batch_size)
     basis = fit_incremental([E], n_components=max(args.pcs, 1), version=1)
     X = basis.transform(E).astype(np.float64)[:, : args.pcs]
-    params = DetectorParams(threshold=args.threshold, k_consecutive=args.k_consecutive,
-                            n_harmonics=args.n_harmonics, min_run_cosine=args.min_run_cosine)
+    params = DetectorParams(**{"threshold": args.threshold, "k_consecutive": args.k_consecutive,
+                               "n_harmonics": args.n_harmonics, "min_run_cosine": args.min_run_cosine,
+                               **args.overrides})
     series = chip_series(chips.meta)
     n_dates = ndvi["datetime"].nunique()
     print(f"\n== nrt cube {path.name}: {n_dates} dates "
@@ -673,20 +677,42 @@ def _parts(args: argparse.Namespace) -> list[str]:
     return parts
 
 
+def _overrides(pairs: list[str]) -> dict:
+    """``--set KEY=VALUE`` pairs as DetectorParams keyword arguments (values parsed as JSON when
+    they can be: numbers, true/false, null), checked by building the parameters once."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. --set refit_growth=1.33")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    try:
+        DetectorParams(**out)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"--set: {e}") from None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.overrides = _overrides(args.set)
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = _parts(args)
     t0 = time.perf_counter()
-    print(f"change_eval: parts {', '.join(parts)}; our detector through {ours_backend()}")
+    print(f"change_eval: parts {', '.join(parts)}; our detector through {ours_backend()}"
+          + (f"; DetectorParams overrides {args.overrides}" if args.overrides else ""))
     out: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     rows: list[Row] = []
     if "sim" in parts:
         from benchmarks._change_sim import run_sim, sim_configs
 
         print("\n== simulator: nrt.data.simulate cubes, ours vs nrt EWMA / CuSum / MoSum / CCDC")
-        rows += run_sim(sim_configs(args.sim_magnitudes, args.sim_noises, args.sim_size, args.sim_seed))
+        rows += run_sim(sim_configs(args.sim_magnitudes, args.sim_noises, args.sim_size, args.sim_seed),
+                        overrides=args.overrides)
     encoder = None
     if "planted" in parts or "chips" in parts:
         encoder = build_encoder("tiny", seed=0)
@@ -698,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks._change_real import run_real
 
         print("\n== real pixels: nrt's Sentinel-2 cube, ours and nrt CCDC vs pyxccd COLD")
-        rows += run_real(args.real_pixels, args.real_seed, args.tolerance, args.real_err_window)
+        rows += run_real(args.real_pixels, args.real_seed, args.tolerance, args.real_err_window,
+                         overrides=args.overrides)
     if "chips" in parts:
         out["nrt"] = run_nrt(args, encoder)
         rows += out["nrt"]["rows"]

@@ -18,7 +18,7 @@ from clay_assets import config
 
 CHIPPER_LOGIC = "chips-1"
 ENCODER_LOGIC = "embed-1"
-CHANGE_LOGIC = "change-5"
+CHANGE_LOGIC = "change-6"
 
 
 def digest(payload: object, n: int = 12) -> str:

@@ -24,12 +24,16 @@ class ChangeSettings(ConfigurableResource):
     n_harmonics: int = ChangeParams.n_harmonics
     # Persistent-change detector on the first principal components (clay_core.change.detector);
     # its own defaults: 12 clear observations spanning >= 1 year of baseline, an F-test at
-    # alpha 1e-6 with 3 consecutive exceedances, and a CUSUM for subtle persistent shifts.
+    # alpha 1e-6 with 3 consecutive exceedances, a CUSUM for subtle persistent shifts, a model
+    # that refits as its segment grows (by 1.33x, up to 150 observations) and a scale floored
+    # at the variogram of its observations.
     detector_baseline_obs: int = DetectorParams.baseline_obs
     detector_alpha: float = DetectorParams.alpha
     detector_threshold: Optional[float] = None  # a fixed RMS z-score instead of the F-test at alpha
     detector_k: int = DetectorParams.k_consecutive
     detector_cusum: bool = DetectorParams.cusum
+    detector_refit_growth: Optional[float] = DetectorParams.refit_growth  # None: never refit
+    detector_variogram_floor: bool = DetectorParams.variogram_floor
     # The pixel path (clay_core.change.pixels: nrt's MoSum on chip-pixel NDVI); off saves its state
     # (tens of MB per tile and window at full size) and the chip-cube reads.
     pixels: bool = True
@@ -43,6 +47,8 @@ class ChangeSettings(ConfigurableResource):
             alpha=self.detector_alpha,
             threshold=self.detector_threshold,
             cusum=self.detector_cusum,
+            refit_growth=self.detector_refit_growth,
+            variogram_floor=self.detector_variogram_floor,
             k_consecutive=self.detector_k,
             n_harmonics=self.n_harmonics,
             feature_names=tuple(f"pc{i + 1}" for i in range(self.n_components)),

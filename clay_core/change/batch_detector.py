@@ -147,16 +147,16 @@ def _append(tab: ChipTable, lst: str, rows: np.ndarray, index: np.ndarray, us: n
 
 
 def _fit_baselines(tab: ChipTable, rows: np.ndarray, p: DetectorParams) -> None:
-    """Fit the collected baselines of ``rows`` (batched by their number of observations and
-    whether the model has a trend)."""
+    """Fit the collected baselines (or the grown segments, for refits) of ``rows``, batched by
+    their number of observations and whether the model may have a trend."""
     n_of = tab["det_buf_n"][rows]
-    trend_of = p.trend | (p.restart_trend & (tab["det_segment"][rows] > 0))
+    trend_of = p.trend | (p.restart_trend & ((tab["det_segment"][rows] > 0) | (p.refit_growth is not None)))
     for key in np.unique(n_of * 2 + trend_of):
         n, trend = int(key // 2), bool(key % 2)
         g = rows[(n_of == n) & (trend_of == trend)]
         b = fit_harmonic_batch(tab["det_buf_t"][g, :n], tab["det_buf_value"][g, :n], p.n_harmonics, trend,
                                p.robust, p.ridge, min_rmse=p.min_rmse, trend_min_t=None if p.trend else p.trend_min_t,
-                               serial_lags=p.serial_lags)
+                               serial_lags=p.serial_lags, variogram_floor=p.variogram_floor)
         P = b.coef.shape[1]
         tab["det_fit_coef"][g] = 0.0
         tab["det_fit_coef"][g, :P] = b.coef
@@ -166,7 +166,21 @@ def _fit_baselines(tab: ChipTable, rows: np.ndarray, p: DetectorParams) -> None:
         tab["det_fit_h"][g], tab["det_fit_trend"][g], tab["det_fit_n"][g] = b.n_harmonics_used, b.trend, b.n_obs
         tab["det_fit_t0"][g], tab["det_fit_tmin"][g], tab["det_fit_tmax"][g] = b.t0, b.t_min, b.t_max
         tab["det_fit_ok"][g] = True
-        tab["det_buf_n"][g] = 0
+        if p.refit_growth is None or n >= p.refit_max_obs:
+            tab["det_buf_n"][g] = 0  # no refit will need them
+
+
+def _grow_segments(tab: ChipTable, rows: np.ndarray, index, us, t, V, p: DetectorParams) -> None:
+    """The scalar detector's ``_grow_segment`` for ``rows`` (fitted, not exceeding, no event,
+    the CUSUM already advanced)."""
+    room = tab["det_fit_n"][rows] < p.refit_max_obs
+    rows, index, us, t, V = rows[room], index[room], us[room], t[room], V[room]
+    add = tab["det_buf_n"][rows] < p.refit_max_obs
+    _append(tab, "buf", rows[add], index[add], us[add], t[add], V[add], np.full(int(add.sum()), np.nan))
+    due = (tab["det_buf_n"][rows] >= np.minimum(np.ceil(p.refit_growth * tab["det_fit_n"][rows]), p.refit_max_obs)) \
+        & (tab["det_cus_n"][rows] == 0)  # the CUSUM at rest
+    if due.any():
+        _fit_baselines(tab, rows[due], p)
 
 
 def _scores(tab: ChipTable, rows: np.ndarray, t: np.ndarray, V: np.ndarray, p: DetectorParams):
@@ -287,6 +301,9 @@ def step_detector(tab: ChipTable, rows: np.ndarray, us: np.ndarray, V: np.ndarra
     cu = fast & sc if p.cusum else np.zeros(m, bool)
     if cu.any():
         _advance_cusum(tab, rows[cu], S_new[cu], reset[cu], index[cu], us[cu], t[cu], V[cu], score[cu], p.max_run)
+    grow = fast & sc & ~exceeds
+    if p.refit_growth is not None and grow.any():
+        _grow_segments(tab, rows[grow], index[grow], us[grow], t[grow], V[grow], p)
     return score, exceeds, in_base, events
 
 

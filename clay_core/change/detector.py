@@ -17,7 +17,8 @@ detection and classification"):
    so a few undetected clouds or glitches in the baseline do not drag it. Each feature's noise
    level ``rmse`` is a robust scale (a winsorized RMS of the residuals, or their median
    absolute deviation for short baselines) times their serial-correlation factor
-   (``serial_lags``), with a small floor.
+   (``serial_lags``), floored at the median step between consecutive observations
+   (``variogram_floor``, CCDC's and COLD's adjusted RMSE).
 2. **Scoring.** Every later clear observation gets a residual per feature,
    ``z_f = (y_f - yhat_f) / rmse_f`` and a standardized score ``score = sqrt(mean_f z_f**2)``
    (the RMS over features; about 1 under "no change" whatever the number of features). It
@@ -92,19 +93,38 @@ __all__ = ["detect_changes", "observation_threshold", "run_series", "score_serie
 
 
 def _baseline_trend(state: ChangeState) -> bool:
+    """A fit may have a (tested) trend after a restart, and in every segment that refits as it
+    grows (its slope is corrected by the next refit if the first year got it wrong)."""
     p = state.params
-    return p.trend or (p.restart_trend and state.segment > 0)
+    return p.trend or (p.restart_trend and (state.segment > 0 or p.refit_growth is not None))
 
 
 def _fit_baseline(state: ChangeState) -> None:
+    """Fit the segment's model to its buffered observations (kept when refits are on: they are
+    the segment the next refit uses)."""
     p = state.params
     t = np.array([o.t for o in state.buffer])
     Y = np.stack([o.value for o in state.buffer])
     state.fit = fit_harmonic(
         t, Y, p.n_harmonics, _baseline_trend(state), p.robust, p.ridge, min_rmse=p.min_rmse,
         trend_min_t=None if p.trend else p.trend_min_t, serial_lags=p.serial_lags,
+        variogram_floor=p.variogram_floor,
     )
-    state.buffer = []
+    if p.refit_growth is None or state.fit.n_obs >= p.refit_max_obs:
+        state.buffer = []  # no refit will need them
+
+
+def _grow_segment(state: ChangeState, obs: SeriesObservation) -> None:
+    """A clear observation that did not exceed joins the segment (up to ``refit_max_obs``); the
+    model is refitted once the segment has grown ``refit_growth`` times and the CUSUM is at
+    rest: while it adds up a departure, a refit would take in the departure it is weighing."""
+    p, fit = state.params, state.fit
+    if p.refit_growth is None or fit is None or fit.n_obs >= p.refit_max_obs:
+        return
+    if len(state.buffer) < p.refit_max_obs:
+        state.buffer.append(obs)
+    if len(state.buffer) >= min(math.ceil(p.refit_growth * fit.n_obs), p.refit_max_obs) and state.cusum is None:
+        _fit_baseline(state)
 
 
 def _baseline_complete(state: ChangeState) -> bool:
@@ -300,9 +320,10 @@ def _ingest(state: ChangeState, obs: SeriesObservation) -> tuple[ObservationScor
             return result, events
     else:
         state.pending = []
-    if not state.params.cusum:
-        return result, []
-    return result, _cusum_update(state, obs, z, lev, result.score)
+    events = _cusum_update(state, obs, z, lev, result.score) if state.params.cusum else []
+    if not result.exceeds and not events:
+        _grow_segment(state, obs)
+    return result, events
 
 
 def update(

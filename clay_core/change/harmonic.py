@@ -139,15 +139,15 @@ def _choose_model(
     return 0, False
 
 
+_WLS_CHUNK = 4_000_000  # elements of the normal equations' products built at once
+
+
 def _sum_axis1(a: np.ndarray) -> np.ndarray:
-    """Sum over axis 1, one row after another: the same rounding whatever the array's shape,
-    memory layout or batch size (numpy's own reductions switch to pairwise summation on
-    contiguous axes), so a chip fitted alone and the same chip fitted in a batch agree bit
-    for bit."""
-    out = a[:, 0].copy()
-    for i in range(1, a.shape[1]):
-        out += a[:, i]
-    return out
+    """Sum over axis 1 with the same rounding whatever the array's shape, memory layout or batch
+    size, so a chip fitted alone and the same chip fitted in a batch agree bit for bit: the
+    summed axis is made the last, contiguous one, where numpy reduces each row on its own
+    with the same (pairwise) order."""
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1)).sum(axis=-1)
 
 
 def _design_batch(t: np.ndarray, h: int, trend: bool, t0: np.ndarray) -> np.ndarray:
@@ -174,19 +174,20 @@ def _wls(X: np.ndarray, Y: np.ndarray, W: np.ndarray, ridge: float) -> np.ndarra
     """Weighted ridge least squares, one weight column per feature, for a batch of series:
     ``X [C, n, p]``, ``Y`` and ``W`` ``[C, n, F]``. Returns ``[C, p, F]``.
 
-    The normal equations are accumulated with explicit row-by-row sums (no BLAS matmul or
-    einsum, whose summation order depends on memory layout), and each ``p x p`` system is
+    The normal equations are accumulated with :func:`_sum_axis1` (no BLAS matmul or einsum,
+    whose summation order depends on memory layout and batch size), and each ``p x p`` system is
     solved on its own, so a series gets bit-identical coefficients alone or in any batch.
     """
-    C, _, p = X.shape
+    C, n, p = X.shape
     F = Y.shape[2]
     A = np.empty((C, F, p, p))
     b = np.empty((C, F, p))
-    for i in range(p):
-        WXi = W * X[:, :, i : i + 1]
-        b[:, :, i] = _sum_axis1(WXi * Y)
-        for j in range(i, p):
-            A[:, :, i, j] = A[:, :, j, i] = _sum_axis1(WXi * X[:, :, j : j + 1])
+    step = max(1, _WLS_CHUNK // max(1, n * F * p * (p + 1)))  # bounds the products' memory
+    for c in range(0, C, step):
+        Xc, sl = X[c : c + step], slice(c, c + step)
+        WX = W[sl][:, :, :, None] * Xc[:, :, None, :]  # [c, n, F, p]
+        b[sl] = _sum_axis1(WX * Y[sl][:, :, :, None])
+        A[sl] = _sum_axis1(WX[..., :, None] * Xc[:, :, None, None, :])
     penalty = np.eye(p)
     penalty[0, 0] = 0.0  # never shrink the level
     A = A + (ridge * _sum_axis1(W))[:, :, None, None] * penalty + 1e-12 * np.eye(p)
@@ -342,6 +343,14 @@ def _fit_model(t, Y, t0, h, tr, robust, ridge, min_rmse, max_iter, tol, serial_l
     return coef, scale * serial_factor(R, scale, serial_lags)
 
 
+def variogram(Y: np.ndarray) -> np.ndarray:
+    """Median absolute difference of consecutive observations ``Y [C, n, F]`` (time order), per
+    feature: CCDC's and COLD's "adjusted RMSE". About 0.95 sd for white noise; more where the
+    series is noisier from one observation to the next than its fitted residuals say (undetected
+    clouds and haze that a robust fit weighs down but the next observation may repeat)."""
+    return np.median(np.abs(np.diff(Y, axis=1)), axis=1)
+
+
 def _unscaled_cov(t: np.ndarray, t0: np.ndarray, h: int, trend: bool) -> np.ndarray:
     """``(X'X)^-1`` per series ``[C, p, p]``: the coefficients' covariance in units of the
     scale squared. It gives the slope's standard error (over about one year a linear ramp is
@@ -394,7 +403,7 @@ def _drop_weak_trends(t, Y, t0, h, coef, rmse, cov, min_t, fit_args) -> None:
 def _fit_batch(
     t_years: np.ndarray, Y: np.ndarray, n_harmonics: int = 1, trend: bool = False, robust: bool = True,
     ridge: float = 1e-3, *, min_rmse: float = 1e-6, min_obs_per_coef: float = 3.0, max_iter: int = 50,
-    tol: float = 1e-10, trend_min_t: float | None = None, serial_lags: int = 0,
+    tol: float = 1e-10, trend_min_t: float | None = None, serial_lags: int = 0, variogram_floor: bool = False,
 ) -> BatchFit:
     t = np.asarray(t_years, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
@@ -406,6 +415,10 @@ def _fit_batch(
     cov = _unscaled_cov(t, t0, h, tr)
     if tr and trend_min_t is not None:
         _drop_weak_trends(t, Y, t0, h, coef, rmse, cov, trend_min_t, fit_args)
+    if variogram_floor and n > 1:
+        # after the trend test: a slope is judged against the residuals' own scale; the floor
+        # is the tolerance for what the model leaves out, not uncertainty of its coefficients
+        rmse = np.maximum(rmse, variogram(Y))
     return BatchFit(coef, rmse, t0, t.min(axis=1), t.max(axis=1), int(n), int(h), bool(tr), cov)
 
 
@@ -423,6 +436,7 @@ def fit_harmonic(
     tol: float = 1e-10,
     trend_min_t: float | None = None,
     serial_lags: int = 0,
+    variogram_floor: bool = False,
 ) -> HarmonicFit:
     """Fit the harmonic model of :func:`harmonic_design` to ``y``, per feature.
 
@@ -451,6 +465,8 @@ def fit_harmonic(
             the coefficients and scale of the fit without a trend (``None``: keep every slope).
         serial_lags: multiply the scale by :func:`serial_factor` over this many lags (0 = off;
             the observations must be in time order).
+        variogram_floor: the scale is at least :func:`variogram` of the observations (time
+            order).
 
     Returns:
         :class:`HarmonicFit`; ``rmse`` is the robust residual scale (``robust=True``) or the
@@ -463,7 +479,7 @@ def fit_harmonic(
     t, Y, univariate = _finite_rows(t_years, y)
     b = fit_harmonic_batch(t[None], Y[None], n_harmonics, trend, robust, ridge, min_rmse=min_rmse,
                            min_obs_per_coef=min_obs_per_coef, max_iter=max_iter, tol=tol, trend_min_t=trend_min_t,
-                           serial_lags=serial_lags)
+                           serial_lags=serial_lags, variogram_floor=variogram_floor)
     return HarmonicFit(
         coef=b.coef[0], rmse=b.rmse[0], n_obs=b.n_obs, n_harmonics_used=b.n_harmonics_used, trend=b.trend,
         t0=float(b.t0[0]), univariate=univariate, t_min=float(b.t_min[0]), t_max=float(b.t_max[0]),

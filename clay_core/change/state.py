@@ -151,8 +151,10 @@ class ChangeState:
     (lists, floats, ISO dates) and ``from_dict`` restores an identical state, so a pipeline
     can persist it per chip between runs.
 
-    Size: while collecting a baseline the state holds up to a year of observation vectors
-    (~50 x F floats); once fitted only ``(n_coef + 1) x F`` floats plus the pending run.
+    Size: the state holds the segment's observation vectors (~50 x F floats a year of weekly
+    observations) while its model still refits (``refit_growth``), at most ``refit_max_obs``
+    of them; then, or without refits, only ``(n_coef + 1) x F`` floats plus the pending run and
+    the CUSUM's run (``max_run``).
     """
 
     params: DetectorParams = field(default_factory=DetectorParams)
