@@ -18,9 +18,13 @@ Methods:
   (B3) and SWIR (B11)); masked observations get qa 4 (cloud). Its breaks are the
   ``t_break`` of its segments with ``change_prob`` 100 (confirmed): the reference. (A segment
   ending in a partial run at the end of the series has ``change_prob`` 16-50 and is not a break.)
+* pyxccd COLD again, with one random clear observation per series masked (``mask_one``), scored
+  against COLD: how much of the reference a method can be expected to reproduce at all (a
+  slightly different cloud mask moves or removes about a tenth of COLD's breaks).
 * ours: our detector on the same 5 bands, clear observations only, default ``DetectorParams``
-  (first baseline by count and span, as COLD initializes); and again with COLD's decision rule
-  (``COLD_LIKE``: 6 consecutive exceedances at 0.01, no CUSUM) to separate the rule from the model.
+  (first baseline by count and span, as COLD initializes; ``--set`` overrides apply); and
+  again with COLD's decision rule (``COLD_LIKE``: 6 consecutive exceedances at 0.01, no CUSUM)
+  to separate the rule from the model.
 * nrt ``CCDC`` on NDVI ((B8 - B4) / (B8 + B4)), second reference as in nrt's own example:
   history up to 2018-12-31 fitted with CCDC-stable and CCDC_RIRLS screening (green B3, SWIR
   B11, scaling 10,000), monitoring 2019-01-01 onward; its onset is its detection date.

@@ -403,7 +403,7 @@ def _drop_weak_trends(t, Y, t0, h, coef, rmse, cov, min_t, fit_args) -> None:
 def _fit_batch(
     t_years: np.ndarray, Y: np.ndarray, n_harmonics: int = 1, trend: bool = False, robust: bool = True,
     ridge: float = 1e-3, *, min_rmse: float = 1e-6, min_obs_per_coef: float = 3.0, max_iter: int = 50,
-    tol: float = 1e-10, trend_min_t: float | None = None, serial_lags: int = 0, variogram_floor: bool = False,
+    tol: float = 1e-7, trend_min_t: float | None = None, serial_lags: int = 0, variogram_floor: bool = False,
 ) -> BatchFit:
     t = np.asarray(t_years, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
@@ -433,7 +433,7 @@ def fit_harmonic(
     min_rmse: float = 1e-6,
     min_obs_per_coef: float = 3.0,
     max_iter: int = 50,
-    tol: float = 1e-10,
+    tol: float = 1e-7,
     trend_min_t: float | None = None,
     serial_lags: int = 0,
     variogram_floor: bool = False,
