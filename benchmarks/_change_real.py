@@ -39,6 +39,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,9 +92,11 @@ def load_pixels(n_pixels: int = 0, seed: int = 0, data_dir: Path | None = None) 
     return RealPixels(dates, x[pixels].astype(np.float64), clear[pixels], pixels)
 
 
-def cold_breaks(px: RealPixels, clear: np.ndarray | None = None) -> tuple[list[list[int]], float]:
+def cold_breaks(px: RealPixels, clear: np.ndarray | None = None, lam: float = 20, **cold: Any,
+                ) -> tuple[list[list[int]], float]:
     """pyxccd COLD per pixel: (break positions in the T dates per series, seconds); ``clear``
-    replaces the pixels' clear mask (a perturbation of the input)."""
+    replaces the pixels' clear mask (a perturbation of the input), ``lam`` and ``cold``
+    (``conse``, ``p_cg``) its settings."""
     import pyxccd
 
     ordinal = np.array([d.toordinal() for d in px.dates], dtype=np.int64)
@@ -103,7 +106,7 @@ def cold_breaks(px: RealPixels, clear: np.ndarray | None = None) -> tuple[list[l
     for i in range(px.values.shape[0]):
         ts = np.nan_to_num(np.where(clear[i][:, None], px.values[i], np.nan), nan=0.0).astype(np.int64)
         qa = np.where(clear[i], 0, 4).astype(np.int64)
-        rec = pyxccd.cold_detect_flex(ordinal, ts, qa, lam=20, tmask_b1_index=2, tmask_b2_index=5)
+        rec = pyxccd.cold_detect_flex(ordinal, ts, qa, lam=lam, tmask_b1_index=2, tmask_b2_index=5, **cold)
         tb = np.asarray(rec["t_break"], dtype=np.int64)
         # change_prob is in percent: 100 = a confirmed break (conse anomalies in a row); below,
         # the series ended partway through a run, which COLD records but does not confirm

@@ -79,3 +79,26 @@ def test_a_dated_detection_counts_by_when_it_was_detected_and_errs_by_its_date()
     assert sc.errors == [-1]  # from the dated onset, not the confirmation (+3)
     plain = score_first_detection(onset, detected, valid, tol=1)
     assert plain.errors == [3]
+
+
+def test_mask_one_masks_exactly_one_clear_observation_per_series():
+    from benchmarks._change_real import mask_one
+
+    clear = np.random.default_rng(3).random((50, 30)) > 0.3
+    out = mask_one(clear, seed=1)
+    assert np.array_equal(clear.sum(1) - out.sum(1), np.ones(50))
+    assert not (out & ~clear).any()  # nothing unmasked
+    assert np.array_equal(out, mask_one(clear, seed=1))  # seeded
+
+
+def test_set_overrides_parse_and_bad_ones_stop_the_run():
+    from benchmarks.change_eval import _overrides
+
+    assert _overrides(["refit_growth=null", "k_consecutive=6", "variogram_floor=false"]) == {
+        "refit_growth": None, "k_consecutive": 6, "variogram_floor": False}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        _overrides(["alpha"])
+    with pytest.raises(SystemExit, match="refit_growth"):
+        _overrides(["refit_growth=0.5"])
+    with pytest.raises(SystemExit, match="no_such"):
+        _overrides(["no_such=1"])
