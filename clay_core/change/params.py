@@ -88,9 +88,11 @@ class DetectorParams:
             (3 per coefficient, up to ``n_harmonics``), so it follows its own slow drift
             instead of extrapolating its first year: on the planted world this removed every
             false event of the held-out seed 2 (a tile-wide drift).
-        refit_max_obs: a segment stops refitting once it holds this many observations (default
-            150, about 3 years of weekly clear observations): the model is then frozen, so a
-            chip's state stays bounded however long its history.
+        refit_max_obs: a segment's last refit uses this many observations (default 150, about
+            3 years of weekly clear observations); then its model is frozen and the stored
+            observations are dropped, so a chip's state stays bounded however long its history
+            (the first fit's own window, ``baseline_obs``/``baseline_years``/``baseline_end``,
+            is not capped by it).
         robust: robust (IRLS) baseline fit (default True).
         ridge: ridge penalty of the baseline fit (default 1e-3).
         min_rmse: floor of the per-feature baseline scale (default 1e-6).

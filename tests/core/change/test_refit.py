@@ -121,3 +121,21 @@ def test_the_scale_is_at_least_the_variogram():
 def test_refit_settings_are_checked(bad):
     with pytest.raises(ValueError, match="refit"):
         DetectorParams(**bad)
+
+
+def test_the_columnar_carry_stops_growing_at_refit_max_obs():
+    from clay_core.change.batch_detector import _microseconds, detector_columns, step_detector
+    from clay_core.change.carry import ChipTable
+
+    dates = make_dates(n_years=5, seed=41)
+    Y = np.stack([seasonal(dates, n_features=2, seed=50 + i) for i in range(6)])
+    params = DetectorParams(refit_max_obs=80)  # more than the first year (~50): the first fit is not capped
+    tab = ChipTable(np.array([], dtype=object), detector_columns(2, params))
+    rows = tab.rows(np.array([f"c{i}" for i in range(6)], dtype=object))
+    widest = 0
+    for j, d in enumerate(dates):
+        step_detector(tab, rows, np.full(6, _microseconds(d)), Y[:, j], params)
+        widest = max(widest, tab["det_buf_value"].shape[1])
+    assert widest <= params.refit_max_obs  # never more than the cap stored per chip
+    assert (tab["det_fit_n"][rows] == params.refit_max_obs).all()  # refitted up to the cap...
+    assert (tab["det_buf_n"][rows] == 0).all()  # ...then frozen, its observations dropped
