@@ -116,3 +116,22 @@ def test_a_chip_first_seen_after_the_history_end_collects_its_own_history():
         seen.update({(c, i): m for c, m in zip(out["chip_id"], out["pixels_monitored"])})
     assert seen[("a", 10)] == 0 and seen[("a", 11)] == 64  # fitted at its first week after history_end
     assert seen[("late", 22)] == 0 and seen[("late", 23)] == 64  # weeks 15..22 are its 8 history values
+
+
+def test_scattered_false_alarms_do_not_add_up_in_the_fraction():
+    """Two years of monitoring unchanged chips: MoSum's false alarms accumulate (the control:
+    every broken pixel counted), the burst the fraction counts does not; a clearing stands out."""
+    from benchmarks._scale_pixels import window_obs
+    from clay_core.change.pixels import new_pixel_table, step_pixels
+
+    ids = np.array([f"c{i}" for i in range(12)], dtype=object)
+    rng, tab = np.random.default_rng(0), new_pixel_table()
+    for i in range(157):  # history to week ~52, a 6 x 6 clearing in chip 3 from week 70
+        scores = step_pixels(tab, window_obs(ids, i, 1024, np.array([3]), rng), PARAMS)
+    frac = scores["pixel_change_fraction"].to_numpy()
+    every_break = (tab["px_mask"][tab.rows(ids)] == 3).mean(1)
+    stable = np.arange(12) != 3
+    assert every_break[stable].min() > 0.03  # control: counted whole, noise outgrows the clearing
+    assert frac[stable].max() < 0.015
+    assert frac[3] >= 36 / 1024
+    assert str(scores["pixel_change_date"].to_numpy()[3])[:10] in ("2023-05-10", "2023-05-17")  # week 70 or 71
