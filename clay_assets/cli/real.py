@@ -176,7 +176,7 @@ def print_real_report(resources: dict, cfg, tile: str, windows: list[str], cube_
           "break, and their median date):")
     refs = "".join(f"{m + ' break':>12} {m + ' date':<11}" for m in NRT_MONITORS)
     print(f"(pixel path: change_scores' own pixel monitor, nrt's MoSum on the NDVI of every chip pixel, forest or not, history to {HISTORY_END}: "
-          "share with a confirmed break at the last window, and the date most of them broke)")
+          "at the last window, the date most of them broke and the share that broke within 45 days of it)")
     print(f"{'chip_id':<16} {'forest px':>9}{refs} {'pixel path':>10} {'pixel date':<11} {'clear obs':>9} "
           f"{'flags 2019+':>11} {'first flag':<11} events (first->confirmed)")
     for r in ref.to_dict("records"):
