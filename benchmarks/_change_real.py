@@ -92,8 +92,8 @@ def load_pixels(n_pixels: int = 0, seed: int = 0, data_dir: Path | None = None) 
     return RealPixels(dates, x[pixels].astype(np.float64), clear[pixels], pixels)
 
 
-def cold_breaks(px: RealPixels, clear: np.ndarray | None = None, lam: float = 20, **cold: Any,
-                ) -> tuple[list[list[int]], float]:
+def cold_breaks(px: RealPixels, clear: np.ndarray | None = None, lam: float = 20,
+                **cold: Any) -> tuple[list[list[int]], float]:
     """pyxccd COLD per pixel: (break positions in the T dates per series, seconds); ``clear``
     replaces the pixels' clear mask (a perturbation of the input), ``lam`` and ``cold``
     (``conse``, ``p_cg``) its settings."""
