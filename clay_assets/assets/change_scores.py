@@ -9,8 +9,8 @@ a new window updates it incrementally instead of recomputing history, and confir
 (first date, confirmation date, magnitude) are written to ``events.parquet`` and, by
 ``vectors``, to ``clay.change_events``. Windows are scored oldest first. A pixel path
 (``clay_core.change.pixels``: nrt's MoSum on the NDVI of the chip cube's pixels, carried the
-same way) adds per chip the share of changed pixels and its date, which ``vectors`` loads into
-``clay.pixel_changes``. Metadata: a change-intensity map, a GeoJSON grid of chip scores, PC1
+same way) adds per chip the share of pixels that changed together and its date, which
+``vectors`` loads into ``clay.pixel_changes``. Metadata: a change-intensity map, a GeoJSON grid of chip scores, PC1
 time series of the most-changed chips, and the chips whose changed-pixel share exceeds 2%.
 """
 

@@ -8,7 +8,7 @@ history (:mod:`clay_core.change.scores`), advances each chip's persistent-change
     change/<tile>/<window>/scores.parquet     per chip and date scores (+ detector columns, pc1-3)
                           /events.parquet     events confirmed by this window
                           /intensity.png      change-intensity map of the chip grid
-                          /pixels.png         share of changed pixels per chip (pixel path)
+                          /pixels.png         share of pixels that changed together, per chip (pixel path)
                           /chips.geojson      chip polygons with their scores
                           /carry.npz          per chip what the next window needs (carry.py)
                           /carry.json         the basis, parameters and window it was made with
@@ -233,7 +233,8 @@ def _write_maps(tmp: Path, layout: Layout, pid: PartitionId, scores: pd.DataFram
         share = 100.0 * merged["pixel_change_fraction"].to_numpy(dtype=float)
         (tmp / PIXEL_MAP).write_bytes(intensity_map(
             merged["row"].to_numpy(), merged["col"].to_numpy(), share, np.nan_to_num(share) > PIXEL_MAP_FLAG_PCT,
-            vmax=10.0, title=f"changed pixels {pid.tile} {pid.window}", chip_m=chip_m, value_label="changed pixels, %",
+            vmax=10.0, title=f"changed pixels (one burst) {pid.tile} {pid.window}", chip_m=chip_m,
+            value_label="changed together, %",
             flag_label=f"> {PIXEL_MAP_FLAG_PCT:g} % of its pixels", missing_label="history or no view", nan_missing=True))
     grid = index[["chip_id", "geometry"]].drop_duplicates("chip_id")
     geojson = feature_collection(grid.merge(scores[GEOJSON_COLUMNS], on="chip_id"))
